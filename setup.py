@@ -1,0 +1,40 @@
+"""zoomshot_jax: give any pretrained vision encoder CLIP's zero-shot abilities."""
+
+import setuptools
+
+setuptools.setup(
+    name="zoomshot_jax",
+    version="0.1.0",
+    description=(
+        "JAX/Flax implementations of Zoom-shot, Text-to-Concept, ASIF, zero-shot "
+        "feature distillation and CLIP-TD, with sharded zero-shot evaluation."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["zoomshot_jax", "zoomshot_jax.*"]),
+    package_data={"zoomshot_jax.evaluation": ["classnames/*.json"]},
+    install_requires=[
+        # Tested with jax 0.10.2 / flax 0.12.8. The upper bounds guard the HF Flax
+        # model code, which is frozen in transformers 4.x and not maintained.
+        "jax>=0.6,<0.11",
+        "flax>=0.10,<0.13",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        # transformers 5 removed the Flax CLIP/ViT/DINOv2/BEiT/ResNet/RegNet classes.
+        "transformers>=4.40,<5",
+        "tensorflow-cpu>=2.16",
+        "tensorflow-datasets>=4.9.6",
+        "tensorboard>=2.16",
+        "clu>=0.0.12",
+        "ml_collections>=1.0",
+        "absl-py>=2.0",
+        "numpy>=1.26",
+        "pillow>=10.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0"],
+        # The PyTorch baselines of the benchmarks in launch/ (CPU build).
+        "bench": ["torch==2.13.0"],
+    },
+)

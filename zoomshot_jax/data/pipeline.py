@@ -1,0 +1,124 @@
+"""tf.data input pipelines: decode -> encoder preprocessing -> host batches.
+
+Batches are host-local numpy dicts; `sharding.to_global` turns them into
+global arrays. Images leave the host as uint8 after resize and crop (a
+quarter of float32's bytes); scaling and mean/std run on device inside the
+jitted step (`PreprocessSpec.normalize`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from zoomshot_jax.data.sources import Source
+from zoomshot_jax.encoders.preprocessing import PreprocessSpec
+from zoomshot_jax.errors import UserError
+
+
+def preprocess_image(image: tf.Tensor, spec: PreprocessSpec) -> tf.Tensor:
+  """uint8 [H, W, 3] -> uint8 [S, S, 3], S = spec.image_size (HF geometry).
+
+  shortest_edge: the short side becomes `resize`, the long side
+  int(resize * long / short), as HF's get_resize_output_image_size; then a
+  centre crop with offsets (H - S) // 2 as HF's center_crop.
+  """
+  if spec.resize_mode == "exact":
+    size = tf.constant([spec.resize, spec.resize])
+  else:
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    short, long = tf.reduce_min(hw), tf.reduce_max(hw)
+    new_long = tf.cast(spec.resize * long / short, tf.int32)
+    size = tf.where(hw[0] <= hw[1], tf.stack([spec.resize, new_long]),
+                    tf.stack([new_long, spec.resize]))
+  image = tf.image.resize(image, size, method=spec.interpolation, antialias=True)
+  image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+  if spec.crop:
+    h, w = size[0], size[1]
+    image = tf.image.crop_to_bounding_box(image, (h - spec.crop) // 2, (w - spec.crop) // 2,
+                                          spec.crop, spec.crop)
+  s = spec.image_size
+  return tf.ensure_shape(image, [s, s, 3])
+
+
+def _check_spec(spec: PreprocessSpec, view: str):
+  if spec.crop and spec.resize_mode == "shortest_edge" and spec.crop > spec.resize:
+    raise UserError(f"view {view!r}: centre crop {spec.crop} is larger than the "
+                    f"resize {spec.resize}; fix the preprocessor config.")
+
+
+def _map_views(views: Mapping[str, PreprocessSpec]):
+  for name, spec in views.items():
+    _check_spec(spec, name)
+
+  def fn(ex):
+    out = {name: preprocess_image(ex["image"], spec) for name, spec in views.items()}
+    out["label"] = ex["label"]
+    out["mask"] = tf.constant(True)
+    return out
+
+  return fn
+
+
+def _padding_example(views: Mapping[str, PreprocessSpec]):
+  ex = {name: tf.zeros([s.image_size, s.image_size, 3], tf.uint8) for name, s in views.items()}
+  ex["label"] = tf.constant(0, tf.int32)
+  ex["mask"] = tf.constant(False)
+  return ex
+
+
+def eval_batches(source: Source, views: Mapping[str, PreprocessSpec], local_batch_size: int,
+                 process_index: int = 0, process_count: int = 1,
+                 agree_steps: Callable[[int], int] = lambda steps: steps,
+                 ) -> tuple[tf.data.Dataset, int, int]:
+  """Every example of this host's share exactly once, padded and masked.
+
+  The last partial batch is filled with zero images whose `mask` is False.
+  `agree_steps` maps this host's step count to the one all hosts run (their
+  maximum, `sharding.host_max`); whole padding batches fill the difference,
+  so that every host runs the same number of steps of a collective computation.
+
+  Returns:
+    (dataset of batches {view: uint8 [b, S, S, 3], "label": int32 [b],
+     "mask": bool [b]}, this host's example count, number of steps).
+  """
+  ds, n_local = source.host_shard(process_index, process_count)
+  steps = agree_steps(math.ceil(n_local / local_batch_size))
+  n_pad = steps * local_batch_size - n_local
+  if n_pad < 0:
+    raise ValueError(f"{steps} steps are too few for {n_local} examples.")
+  ds = ds.map(_map_views(views), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if n_pad:
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(_padding_example(views)).repeat(n_pad))
+  ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return ds, n_local, steps
+
+
+def train_batches(source: Source, views: Mapping[str, PreprocessSpec], local_batch_size: int,
+                  seed: int, process_index: int = 0, process_count: int = 1,
+                  shuffle_buffer: int = 10_000) -> tf.data.Dataset:
+  """One pass over this host's share, shuffled by `seed`, whole batches only.
+
+  Several views of the same example (e.g. {"clip": ..., "vision": ...} for
+  Zoom-shot's paired mode) are cut from the same decoded image.
+  """
+  ds, _ = source.host_shard(process_index, process_count)
+  ds = ds.shuffle(shuffle_buffer, seed=seed + process_index, reshuffle_each_iteration=False)
+  ds = ds.map(_map_views(views), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def as_numpy(ds: tf.data.Dataset, context: str) -> Iterator[dict[str, np.ndarray]]:
+  """Iterates numpy batches; a file that fails to decode becomes a UserError."""
+  it = iter(ds.as_numpy_iterator())
+  while True:
+    try:
+      yield next(it)
+    except StopIteration:
+      return
+    except tf.errors.InvalidArgumentError as e:
+      raise UserError(f"{context}: an image could not be decoded "
+                      f"({e.message.splitlines()[0]}); remove or replace it.") from e

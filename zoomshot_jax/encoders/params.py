@@ -1,0 +1,145 @@
+"""Parameter trees of HF Flax models: loading, random init, casting, hashing."""
+
+from __future__ import annotations
+
+import hashlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from zoomshot_jax.errors import UserError
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def compute_dtype(name: str):
+  if name not in DTYPES:
+    raise UserError(f"dtype {name!r} is not one of {sorted(DTYPES)}.")
+  return DTYPES[name]
+
+
+def _expected_shapes(model):
+  return jax.eval_shape(lambda rng: model.init_weights(rng, model.input_shape),
+                        jax.random.PRNGKey(0))
+
+
+def check_complete(model, params, checkpoint: str):
+  """Checks loaded params against the architecture; drops unused extras.
+
+  `_do_init=False` loading does not complain about missing weights; a
+  checkpoint of another head or size would otherwise fail deep inside apply.
+  """
+  expected = {jax.tree_util.keystr(p): l.shape
+              for p, l in jax.tree_util.tree_flatten_with_path(_expected_shapes(model))[0]}
+  got = {jax.tree_util.keystr(p): (p, l)
+         for p, l in jax.tree_util.tree_flatten_with_path(params)[0]}
+  missing = sorted(set(expected) - set(got))
+  if missing:
+    raise UserError(
+        f"checkpoint {checkpoint!r} lacks {len(missing)} weights this model "
+        f"needs, e.g. {missing[:3]}; is it a checkpoint of this architecture?")
+  for k, shape in expected.items():
+    if tuple(got[k][1].shape) != tuple(shape):
+      raise UserError(f"checkpoint {checkpoint!r}: weight {k} has shape "
+                      f"{tuple(got[k][1].shape)}, the config implies {tuple(shape)}.")
+  if len(got) == len(expected):
+    return params
+  leaves = {k: v for k, (p, v) in got.items() if k in expected}
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: leaves[jax.tree_util.keystr(p)], _expected_shapes(model))
+
+
+def random_params(model, seed: int = 0, scale: float = 0.02):
+  """Random parameters for an HF Flax model built with `_do_init=False`.
+
+  HF's own `init_weights` runs the whole network (seconds of compile even for
+  a tiny model); the shapes alone come from `jax.eval_shape` for free, and we
+  fill them in numpy: N(0, scale) for kernels and embeddings, ones for norm
+  scales and running variances, zeros for biases and running means. This is
+  the init of the HF models up to the exact std, which does not matter for
+  tests and throughput benchmarks.
+
+  Returns the same tree `from_pretrained(..., _do_init=False)` returns.
+  """
+  shapes = _expected_shapes(model)
+  rng = np.random.default_rng(seed)
+  logit_scale = getattr(model.config, "logit_scale_init_value", None)
+
+  def fill(path, leaf):
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name == "logit_scale" and logit_scale is not None:
+      return np.full(leaf.shape, logit_scale, leaf.dtype)
+    if name in ("scale", "var"):
+      return np.ones(leaf.shape, leaf.dtype)
+    if "lambda" in name:  # BEiT / DINOv2 layer scale
+      return np.full(leaf.shape, 0.1, leaf.dtype)
+    if name in ("bias", "mean"):
+      return np.zeros(leaf.shape, leaf.dtype)
+    return (rng.standard_normal(leaf.shape) * scale).astype(leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def cast_floating(tree, dtype):
+  """Casts floating leaves (not integer buffers) to `dtype`."""
+  def cast(x):
+    x = jnp.asarray(x)
+    return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+  return jax.tree.map(cast, tree)
+
+
+def fingerprint(tree, extra: str = "") -> str:
+  """A sha256 over every leaf's path, shape, dtype and bytes (+ `extra`).
+
+  Used as a cache key: a retrained checkpoint saved to the same directory
+  gets a new fingerprint, which a path or mtime would not guarantee.
+  """
+  h = hashlib.sha256(extra.encode())
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    arr = np.asarray(jax.device_get(leaf))
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(str((arr.shape, arr.dtype)).encode())
+    h.update(np.ascontiguousarray(arr).tobytes())
+  return h.hexdigest()
+
+
+def from_pretrained(model_cls, name_or_path: str, expected_types: tuple[str, ...],
+                    dtype, what: str, **model_kwargs):
+  """Loads `(model, params)` with `_do_init=False` and a clear error when it fails.
+
+  Falls back to converting PyTorch weights (`from_pt=True`, needs torch) when
+  the checkpoint has no Flax weights, as many hub checkpoints (DINOv2) do.
+  """
+  from transformers import AutoConfig  # pylint: disable=g-import-not-at-top
+
+  try:
+    config = AutoConfig.from_pretrained(name_or_path)
+  except (OSError, ValueError) as e:
+    raise UserError(
+        f"{what}={name_or_path!r}: no model config found. Give a local "
+        "directory written by save_pretrained (with config.json) or a hub id "
+        f"that is reachable or already in the HF cache. ({str(e).splitlines()[0]})"
+    ) from e
+  if config.model_type not in expected_types:
+    raise UserError(
+        f"{what}={name_or_path!r} is a {config.model_type!r} checkpoint, but "
+        f"this encoder expects one of {list(expected_types)}; pick the matching "
+        "encoder name."
+    )
+  kwargs = dict(config=config, _do_init=False, dtype=dtype, **model_kwargs)
+  try:
+    return model_cls.from_pretrained(name_or_path, **kwargs)
+  except OSError as e:
+    if "from_pt" not in str(e):
+      raise UserError(f"{what}={name_or_path!r}: {str(e).splitlines()[0]}") from e
+    try:
+      import torch  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      raise UserError(
+          f"{what}={name_or_path!r} has only PyTorch weights; converting them "
+          "needs torch: pip install torch (a CPU build is enough)."
+      ) from e
+    logging.info("Converting PyTorch weights of %s to Flax.", name_or_path)
+    return model_cls.from_pretrained(name_or_path, from_pt=True, **kwargs)

@@ -1,0 +1,50 @@
+"""Writes that never leave a half-written file looking complete.
+
+Every output goes to a temporary name in the same directory and is renamed
+into place once whole. `tf.io.gfile` makes the same code work on local disks
+and on GCS (`gs://` workdirs on TPU pods).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+
+import numpy as np
+import tensorflow as tf
+
+
+def _tmp_name(path: str) -> str:
+  d, base = os.path.split(path)
+  return os.path.join(d, f".{base}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+  tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+  tmp = _tmp_name(path)
+  with tf.io.gfile.GFile(tmp, "wb") as f:
+    f.write(data)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def atomic_write_json(path: str, obj) -> None:
+  atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_save_npz(path: str, **arrays: np.ndarray) -> None:
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_save_npy(path: str, array: np.ndarray) -> None:
+  buf = io.BytesIO()
+  np.save(buf, array)
+  atomic_write_bytes(path, buf.getvalue())
+
+
+def load_npy(path: str) -> np.ndarray:
+  with tf.io.gfile.GFile(path, "rb") as f:
+    return np.load(io.BytesIO(f.read()))

@@ -1,0 +1,1 @@
+"""Command-line helpers: `python -m zoomshot_jax.tools.<name>`."""
