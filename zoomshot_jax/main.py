@@ -22,22 +22,50 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
+def _one_line(message: str) -> str:
+  """ml_collections embeds whole tracebacks in its messages; keep the gist."""
+  lines = [l.strip() for l in message.strip().splitlines() if l.strip()]
+  if any(l.startswith("Traceback") for l in lines):
+    return f"{lines[0]} {lines[-1]}"
+  return " ".join(lines)
+
+
+def _fail(message: str):
+  print(f"zoomshot_jax: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  """absl's parser, with config mistakes (a misspelt field, a bad value or
+  variant) reported in one line instead of a traceback from ml_collections."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(f"{_one_line(str(e))} (--helpfull lists the flags)")
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # ml_collections wraps a KeyError's repr in an AttributeError: unquote it.
+    text = str(e.args[0] if e.args else e).replace("\\n", ": ").replace("\\'", "")
+    _fail(f"bad --config override: {_one_line(text.strip(chr(39) + ' '))}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = FLAGS.config
   try:
+    config.program  # pylint: disable=pointless-statement
+  except OSError as e:  # the config file itself could not be loaded (lazily reported)
+    _fail(f"--config: {_one_line(str(e))}")
+  try:
     sharding.initialize_distributed()
     if config.program not in PROGRAMS:
       raise UserError(f"config.program={config.program!r} is not one of {sorted(PROGRAMS)}.")
     program = importlib.import_module(PROGRAMS[config.program])
-    logging.info("Config:\n%s", config)
+    logging.info("Config:\n%s", config.to_json_best_effort(indent=2))
     program.run(config, FLAGS.workdir)
   except UserError as e:
-    logging.error("%s", e)
-    print(f"zoomshot_jax: error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    _fail(str(e))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -114,9 +114,11 @@ def load_clip(checkpoint: str, dtype: str = "float32", random_init: bool = False
     model, params = params_lib.from_pretrained(
         transformers.FlaxCLIPModel, checkpoint, ("clip",), jdtype, what="clip checkpoint")
   params = params_lib.check_complete(model, params, checkpoint)
+  # The logit scale stays float32 (taken before the cast, which would round
+  # it): exp() of a bf16 value is visibly off.
+  logit_scale = jnp.asarray(params["logit_scale"], jnp.float32)
   params = params_lib.cast_floating(params, jdtype)
-  # The logit scale stays float32: exp() of a bf16 value is visibly off.
-  params["logit_scale"] = jnp.asarray(params["logit_scale"], jnp.float32)
+  params["logit_scale"] = logit_scale
   try:
     tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
   except (OSError, ValueError, TypeError) as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +115,11 @@ def from_pretrained(model_cls, name_or_path: str, expected_types: tuple[str, ...
   """
   from transformers import AutoConfig  # pylint: disable=g-import-not-at-top
 
+  if os.path.isdir(name_or_path) and not os.path.exists(
+      os.path.join(name_or_path, "config.json")):
+    # HF's own error here lists every model type it knows (~5000 characters).
+    raise UserError(f"{what}={name_or_path!r}: the directory has no config.json; give "
+                    "a directory written by save_pretrained.")
   try:
     config = AutoConfig.from_pretrained(name_or_path)
   except (OSError, ValueError) as e:

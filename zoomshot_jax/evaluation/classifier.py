@@ -73,8 +73,9 @@ def encode_texts(clip: CLIP, texts: list[str], batch_size: int = 256) -> np.ndar
   def encode(params, ids, mask):
     return l2_normalize(clip.text_features(params, ids, mask))
 
-  out = [encode(params, tokens["input_ids"][i:i + batch_size],
-                tokens["attention_mask"][i:i + batch_size])
+  # The mesh is this host's alone, so device_put may place host data on it.
+  out = [encode(params, *jax.device_put((tokens["input_ids"][i:i + batch_size],
+                                         tokens["attention_mask"][i:i + batch_size]), rows))
          for i in range(0, n + n_pad, batch_size)]
   return np.asarray(jnp.concatenate(out))[:n]
 

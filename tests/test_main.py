@@ -1,0 +1,140 @@
+"""The binary end to end: outputs, multi-host equality, and user errors."""
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from zoomshot_jax.errors import UserError
+from zoomshot_jax.programs import zeroshot_eval
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "zeroshot_eval.py")
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _launch(workdir, overrides, devices=1, extra_env=None):
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+  env.update({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+              "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"})
+  env.update(extra_env or {})
+  cmd = [sys.executable, "-m", "zoomshot_jax.main", f"--config={CONFIG}",
+         f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+  return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def _wait(proc, timeout=300):
+  out, err = proc.communicate(timeout=timeout)
+  return proc.returncode, out, err
+
+
+def test_one_process_equals_two_processes(tiny_clip_dir, image_folder, tmp_path):
+  common = {"clip": tiny_clip_dir, "datasets": "folder:" + image_folder,
+            "batch_size": 4, "save_predictions": True, "cache_dir": str(tmp_path / "cache")}
+  single = _launch(tmp_path / "single", common, devices=1)
+  port = _free_port()
+  multi = [_launch(tmp_path / "multi", common, devices=2, extra_env={
+      "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+      "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+  runs = [_wait(p) for p in [single] + multi]
+  for rc, out, err in runs:
+    assert rc == 0, err[-3000:]
+  # 21 images, 4 global devices, batch 4: hosts hold 10 and 11 examples and
+  # must agree on 6 steps; every example still counts once.
+  results = {name: json.loads((tmp_path / name / "results.json").read_text())
+             for name in ("single", "multi")}
+  key = "folder:" + image_folder
+  assert results["single"][key]["num_examples"] == 21
+  assert results["single"] == results["multi"]
+  preds = {name: np.load(tmp_path / name / "predictions" / (
+      zeroshot_eval.predictions_path("", key).split("/")[-1])) for name in ("single", "multi")}
+  np.testing.assert_array_equal(preds["single"]["labels"], preds["multi"]["labels"])
+  np.testing.assert_allclose(preds["single"]["logits"], preds["multi"]["logits"], atol=1e-4)
+  assert preds["single"]["logits"].shape == (21, 3)
+  # The table is printed by process 0 only; outputs are all in place.
+  assert key in runs[0][1] and key in runs[1][1] and key not in runs[2][1]
+  files = os.listdir(tmp_path / "single")
+  assert {"config.json", "results.json", "predictions"} <= set(files)
+  assert any(f.startswith("events.out.tfevents") for f in files)
+  assert not [f for f in files if ".tmp-" in f]
+  saved = json.loads((tmp_path / "single" / "config.json").read_text())
+  assert saved["clip"] == tiny_clip_dir and saved["batch_size"] == 4
+
+
+def test_user_errors_exit_cleanly(tiny_clip_dir, tmp_path):
+  cases = {
+      "unknown_dataset": ({"clip": tiny_clip_dir, "datasets": "no_such_dataset_xyz"},
+                          "not a tfds dataset"),
+      "missing_clip": ({"clip": str(tmp_path / "nope")}, "no model config found"),
+      "unknown_field": ({"batchsize": 8}, "batchsize"),
+  }
+  procs = {name: _launch(tmp_path / name, overrides) for name, (overrides, _) in cases.items()}
+  for name, proc in procs.items():
+    rc, out, err = _wait(proc)
+    assert rc != 0, name
+    assert cases[name][1] in err, (name, err[-2000:])
+    assert "Traceback" not in err, (name, err[-2000:])
+    assert not (tmp_path / name / "results.json").exists()
+
+
+def _config(clip_dir, datasets=None, tmp_path=None, **overrides):
+  spec = importlib.util.spec_from_file_location("zeroshot_eval_config", CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  fields = dict(clip=clip_dir, datasets=datasets, batch_size=8, cache_dir=str(tmp_path / "cache"))
+  fields.update(overrides)
+  config.update(fields)
+  return ml_collections.FrozenConfigDict(config)
+
+
+def test_mock_tfds_datasets_through_the_program(tiny_clip_dir, tmp_path):
+  templates = tmp_path / "templates.txt"
+  templates.write_text("a photo of a {}.\n")
+  config = _config(tiny_clip_dir, "imagenet2012,cifar10", tmp_path, templates_file=str(templates),
+                   data_dir=str(tmp_path / "tfds"))
+  with tfds.testing.mock_data(num_examples=11):
+    results = zeroshot_eval.run(config, str(tmp_path / "work"))
+  assert set(results) == {"imagenet2012", "cifar10"}
+  assert all(r["num_examples"] == 11 for r in results.values())
+  assert all(0 <= r["top1"] <= r["top5"] <= 100 for r in results.values())
+  assert json.loads((tmp_path / "work" / "results.json").read_text()) == results
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"batch_size": 12}, r"batch_size=12 must be a positive multiple of the number of devices in the mesh \(8\)"),
+    ({"datasets": " , "}, "config.datasets is empty"),
+    ({"mesh": [("data", 3)]}, r"needs 3 devices, but 8 are available"),
+    ({"dtype": "float64"}, "dtype 'float64' is not one of"),
+])
+def test_program_rejects_bad_config(tiny_clip_dir, image_folder, tmp_path, overrides, message):
+  overrides = {"datasets": "folder:" + image_folder, **overrides}
+  config = _config(tiny_clip_dir, tmp_path=tmp_path, **overrides)
+  with pytest.raises(UserError, match=message):
+    zeroshot_eval.run(config, str(tmp_path / "work"))
+  assert not (tmp_path / "work" / "results.json").exists()
+
+
+def test_classnames_file_is_checked_against_the_labels(tiny_clip_dir, image_folder, tmp_path):
+  names = tmp_path / "names.txt"
+  names.write_text("cat\ndog\n")
+  config = _config(tiny_clip_dir, "folder:" + image_folder, tmp_path, classnames_file=str(names))
+  with pytest.raises(UserError, match="has 3 classes but 2 class names"):
+    zeroshot_eval.run(config, str(tmp_path / "work"))
+  config = _config(tiny_clip_dir, "folder:" + image_folder + ",cifar10", tmp_path,
+                   classnames_file=str(names))
+  with pytest.raises(UserError, match="applies to one dataset"):
+    zeroshot_eval.run(config, str(tmp_path / "work"))
