@@ -94,13 +94,12 @@ def time_interleaved(calls: dict, steps: int, warmup: int) -> dict:
   return times
 
 
-def make_checkpoint_dir(config) -> str:
-  """A directory `load_clip(random_init=True)` accepts: config + tokenizer."""
+def write_checkpoint_dir(config, path: str) -> str:
+  """Makes `path` a directory `load_clip(random_init=True)` accepts."""
   from zoomshot_jax.encoders import testing  # pylint: disable=g-import-not-at-top
 
-  path = tempfile.mkdtemp(prefix="bench_clip_")
   config.save_pretrained(path)
-  testing.write_byte_tokenizer(path)
+  testing.write_byte_tokenizer(path)  # load_clip loads a tokenizer too
   return path
 
 
@@ -112,7 +111,9 @@ def make_ours(config, images, dtype: str):
   import jax  # pylint: disable=g-import-not-at-top
   from zoomshot_jax.encoders import load_clip  # pylint: disable=g-import-not-at-top
 
-  clip = load_clip(make_checkpoint_dir(config), dtype=dtype, random_init=True)
+  # load_clip reads the directory eagerly, so it can go right after.
+  with tempfile.TemporaryDirectory(prefix="bench_clip_") as path:
+    clip = load_clip(write_checkpoint_dir(config, path), dtype=dtype, random_init=True)
   fn = jax.jit(clip.image_features)
   x = jax.device_put(images)  # host-to-device copy is the input pipeline's cost
   params = clip.params

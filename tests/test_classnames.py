@@ -207,47 +207,71 @@ def test_cub_names_in_class_id_order():
   assert not any(re.match(r"\d", n) or "_" in n for n in names)
 
 
-# WordNet's first synonym -> CLIP's name, where CLIP chose a new word.
+# A WordNet synonym -> CLIP's name, where CLIP chose other words.
 IMAGENET_ALIASES = {
     "cock": "rooster", "eft": "newt", "peacock": "peafowl", "drake": "duck",
-    "anemone fish": "clownfish", "coffeepot": "coffeemaker", "crib": "infant bed",
-    "jack-o'-lantern": "carved pumpkin", "Loafer": "slip-on shoe", "mailbag": "messenger bag",
-    "maillot": "tights", "mortarboard": "graduation cap", "motor scooter": "vespa",
-    "nipple": "baby pacifier", "oxcart": "bullock cart", "panpipe": "pan flute",
-    "running shoe": "sneaker", "speedboat": "motorboat", "stole": "scarf", "toyshop": "toy store",
+    "black and gold garden spider": "yellow garden spider", "anemone fish": "clownfish",
+    "coffeepot": "coffeemaker", "crib": "infant bed", "jack-o'-lantern": "carved pumpkin",
+    "Loafer": "slip-on shoe", "mailbag": "messenger bag", "maillot": "tights",
+    "mortarboard": "graduation cap", "motor scooter": "vespa", "nipple": "baby pacifier",
+    "oxcart": "bullock cart", "panpipe": "pan flute", "running shoe": "sneaker",
+    "speedboat": "motorboat", "stole": "scarf", "sunglass": "sunglasses", "toyshop": "toy store",
     "vault": "vaulted or arched ceiling", "washbasin": "sink", "wreck": "shipwreck",
     "yawl": "sailboat", "French loaf": "baguette", "alp": "mountain", "seashore": "beach",
     "earthstar": "earth star fungus", "ear": "corn cob",
 }
 
 
-def _imagenet_match(ours, synonyms):
+def _synonym_score(name, synonyms):
+  """1.0 for the same spelling or a listed renaming, else the best word overlap."""
+  best = 0.0
   for s in synonyms:
-    if IMAGENET_ALIASES.get(s) == ours or _words(ours) & _words(s):
-      return True
-    if difflib.SequenceMatcher(None, _compact(ours), _compact(s)).ratio() >= 0.8:
-      return True
-  return False
+    if IMAGENET_ALIASES.get(s) == name or _compact(s) == _compact(name):
+      return 1.0
+    a, b = _words(name), _words(s)
+    best = max(best, len(a & b) / max(len(a | b), 1))
+  return best
+
+
+def _imagenet_problem(ours, synsets):
+  """The first name that does not fit the synset at its index, or None.
+
+  Each name must share a word with, or nearly spell, a synonym of its own
+  synset, and fit it at least as well as the ten synsets on either side:
+  WordNet order puts similar classes near each other (tiger shark,
+  hammerhead shark), which a shared word alone would not tell apart.
+  """
+  for i, name in enumerate(ours):
+    own = _synonym_score(name, synsets[i])
+    if own == 0 and not any(
+        difflib.SequenceMatcher(None, _compact(name), _compact(s)).ratio() >= 0.8
+        for s in synsets[i]):
+      return f"class {i}: {name!r} vs WordNet {synsets[i]}"
+    for j in range(max(0, i - 10), min(len(ours), i + 11)):
+      if j != i and _synonym_score(name, synsets[j]) > own:
+        return f"class {i}: {name!r} fits synset {j} {synsets[j]} better than {synsets[i]}"
+  return None
 
 
 def test_imagenet_names_in_wordnet_id_order():
-  """CLIP renamed many ImageNet classes, so only a loose check is possible:
-  each name shares a word with (or nearly spells) one of the WordNet synonyms
-  of the synset at its index, or is a listed renaming. tfds labels ImageNet by
-  sorted WordNet id, which is the order of the synset list tfds itself ships
-  (the SI-Score labels module)."""
+  """CLIP renamed many ImageNet classes, so the check is by shared words.
+
+  tfds labels ImageNet by sorted WordNet id, the order of the synset list tfds
+  itself ships (with the SI-Score labels)."""
   labels_mod = pytest.importorskip("tensorflow_datasets.datasets.siscore.labels")
   synsets = [[s.strip() for s in x.split(",")] for x in labels_mod.IMAGENET_LABELS_LIST]
   assert len(synsets) == 1000
   ours = _json("imagenet2012")["classnames"]
-  bad = [(i, a, s) for i, (a, s) in enumerate(zip(ours, synsets)) if not _imagenet_match(a, s)]
-  assert not bad, bad[:5]
+  assert _imagenet_problem(ours, synsets) is None, _imagenet_problem(ours, synsets)
   for i, name in ((0, "tench"), (1, "goldfish"), (207, "Golden Retriever"), (281, "tabby cat"),
                   (409, "analog clock"), (517, "construction crane"), (999, "toilet paper")):
     assert ours[i] == name
-  swapped = list(ours)
-  swapped[0], swapped[1] = swapped[1], swapped[0]
-  assert not _imagenet_match(swapped[0], synsets[0])
+  # The check catches swaps, of similar neighbours too (tiger / hammerhead
+  # shark; Norfolk / Norwich terrier).
+  for i, j in ((0, 1), (3, 4), (185, 186), (180, 185), (500, 900)):
+    swapped = list(ours)
+    swapped[i], swapped[j] = swapped[j], swapped[i]
+    assert _imagenet_problem(swapped, synsets) is not None, (i, j)
 
 
 # --- get_prompts ---------------------------------------------------------------
@@ -300,13 +324,16 @@ def test_templates_file(tmp_path):
   assert p.templates == ("a photo of a {}.", "an image of the {}.")
   assert p.classnames == tuple(_json("cifar10")["classnames"])
   bad = tmp_path / "bad.json"
-  bad.write_text(json.dumps(["a photo of a {}.", "a photo of a cat."]))
+  bad.write_text(json.dumps(["a photo of a {}.", "a photo of a cat.", "a {name} photo."]))
   with pytest.raises(UserError) as e:
     cn.get_prompts("cifar10", 10, templates_file=str(bad))
-  assert str(bad) in str(e.value) and "{}" in str(e.value) and "a photo of a cat." in str(e.value)
+  msg = str(e.value)
+  assert str(bad) in msg and "'{}'" in msg
+  assert "a photo of a cat." in msg and "a {name} photo." in msg
 
 
-@pytest.mark.parametrize("label_names", [None, [], ["0", "1", "2"], ["001", "002", "003"]])
+@pytest.mark.parametrize("label_names", [None, [], ["0", "1", "2"], ["001", "002", "003"],
+                                         ["n01440764", "n01443537", "n01484850"]])
 def test_unknown_dataset_without_word_labels_asks_for_classnames_file(label_names):
   with pytest.raises(UserError) as e:
     cn.get_prompts("my_tfds_dataset", 3, label_names=label_names)

@@ -106,13 +106,8 @@ def load_clip(checkpoint: str, dtype: str = "float32", random_init: bool = False
   import transformers  # pylint: disable=g-import-not-at-top
 
   jdtype = params_lib.compute_dtype(dtype)
-  if random_init:
-    config = transformers.AutoConfig.from_pretrained(checkpoint)
-    model = transformers.FlaxCLIPModel(config, _do_init=False, dtype=jdtype)
-    params = params_lib.random_params(model, seed)
-  else:
-    model, params = params_lib.from_pretrained(
-        transformers.FlaxCLIPModel, checkpoint, ("clip",), jdtype, what="clip checkpoint")
+  model, params = params_lib.load_model(transformers.FlaxCLIPModel, checkpoint, ("clip",),
+                                        jdtype, "clip checkpoint", random_init, seed)
   params = params_lib.check_complete(model, params, checkpoint)
   # The logit scale stays float32 (taken before the cast, which would round
   # it): exp() of a bf16 value is visibly off.

@@ -106,13 +106,8 @@ def fingerprint(tree, extra: str = "") -> str:
   return h.hexdigest()
 
 
-def from_pretrained(model_cls, name_or_path: str, expected_types: tuple[str, ...],
-                    dtype, what: str, **model_kwargs):
-  """Loads `(model, params)` with `_do_init=False` and a clear error when it fails.
-
-  Falls back to converting PyTorch weights (`from_pt=True`, needs torch) when
-  the checkpoint has no Flax weights, as many hub checkpoints (DINOv2) do.
-  """
+def load_config(name_or_path: str, expected_types: tuple[str, ...], what: str):
+  """The checkpoint's HF config, checked to be of one of `expected_types`."""
   from transformers import AutoConfig  # pylint: disable=g-import-not-at-top
 
   if os.path.isdir(name_or_path) and not os.path.exists(
@@ -134,6 +129,21 @@ def from_pretrained(model_cls, name_or_path: str, expected_types: tuple[str, ...
         f"this encoder expects one of {list(expected_types)}; pick the matching "
         "encoder name."
     )
+  return config
+
+
+def load_model(model_cls, name_or_path: str, expected_types: tuple[str, ...], dtype,
+               what: str, random_init: bool = False, seed: int = 0, **model_kwargs):
+  """`(model, params)` of a checkpoint, or random params of its config.
+
+  Loads with `_do_init=False` and a clear error when that fails; falls back
+  to converting PyTorch weights (`from_pt=True`, needs torch) when the
+  checkpoint has no Flax weights, as many hub checkpoints (DINOv2) do.
+  """
+  config = load_config(name_or_path, expected_types, what)
+  if random_init:
+    model = model_cls(config, _do_init=False, dtype=dtype, **model_kwargs)
+    return model, random_params(model, seed)
   kwargs = dict(config=config, _do_init=False, dtype=dtype, **model_kwargs)
   try:
     return model_cls.from_pretrained(name_or_path, **kwargs)

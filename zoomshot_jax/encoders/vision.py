@@ -98,13 +98,9 @@ def load_vision_encoder(name: str, checkpoint: str, pooling: str = "default",
   cls = getattr(transformers, arch.model_cls)
   jdtype = params_lib.compute_dtype(dtype)
   extra = {"add_pooling_layer": pooling == "pooler"} if name == "vit" else {}
-  if random_init:
-    config = transformers.AutoConfig.from_pretrained(checkpoint)
-    model = cls(config, _do_init=False, dtype=jdtype, **extra)
-    variables = params_lib.random_params(model, seed)
-  else:
-    model, variables = params_lib.from_pretrained(
-        cls, checkpoint, arch.model_types, jdtype, what=f"{name} checkpoint", **extra)
+  model, variables = params_lib.load_model(
+      cls, checkpoint, arch.model_types, jdtype, f"{name} checkpoint", random_init, seed,
+      **extra)
   variables = params_lib.check_complete(model, variables, checkpoint)
   if "params" not in variables:  # models without mutable collections
     variables = {"params": variables}

@@ -70,7 +70,8 @@ def _read_list(path: str, what: str) -> tuple[str, ...]:
 
 
 def _usable_label_names(names) -> bool:
-  return bool(names) and not all(re.fullmatch(r"[\d_/.\-]*", n) for n in names)
+  """Label names that are words: not numbers, nor WordNet ids like n01440764."""
+  return bool(names) and not all(re.fullmatch(r"[\d_/.\-]*|n\d{8}", n) for n in names)
 
 
 def get_prompts(dataset: str, num_classes: int, label_names=None,
