@@ -42,7 +42,7 @@ def get_config(arg=None):
   config.split = "default"        # tfds split for all datasets; "default": per dataset
   config.data_dir = ""            # tfds data_dir ("" = tfds' default, ~/tensorflow_datasets)
   config.tfds_download = False    # let tfds download and prepare missing datasets
-  config.verify_images = True     # open every folder: image once before evaluating
+  config.verify_images = True     # check every folder: file is an image (headers) first
   config.classnames_file = ""     # override class names (one dataset only)
   config.templates_file = ""      # override prompt templates
   config.batch_size = 256         # global; a multiple of the number of devices

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -73,10 +74,16 @@ def encode_texts(clip: CLIP, texts: list[str], batch_size: int = 256) -> np.ndar
   def encode(params, ids, mask):
     return l2_normalize(clip.text_features(params, ids, mask))
 
-  # The mesh is this host's alone, so device_put may place host data on it.
-  out = [encode(params, *jax.device_put((tokens["input_ids"][i:i + batch_size],
-                                         tokens["attention_mask"][i:i + batch_size]), rows))
-         for i in range(0, n + n_pad, batch_size)]
+  out, start = [], time.time()
+  for i in range(0, n + n_pad, batch_size):
+    # The mesh is this host's alone, so device_put may place host data on it.
+    out.append(encode(params, *jax.device_put((tokens["input_ids"][i:i + batch_size],
+                                               tokens["attention_mask"][i:i + batch_size]),
+                                              rows)))
+    if i and i % (50 * batch_size) == 0:
+      out[-1].block_until_ready()  # dispatch is async: wait, so the ETA is real
+      rate = i / (time.time() - start)
+      logging.info("Text features: %d/%d prompts, ETA %.0fs.", i, n, (n - i) / rate)
   return np.asarray(jnp.concatenate(out))[:n]
 
 

@@ -64,12 +64,20 @@ def _make_step(feature_fn, logit_scale: float, k: int, mesh: Mesh):
 
 
 def replicate(tree, mesh: Mesh):
-  """Places a host-identical pytree on every device of a (multi-host) mesh."""
+  """Places a host-identical pytree on every device of a (multi-host) mesh.
+
+  Leaves already replicated on `mesh` are kept as they are, so callers that
+  evaluate several datasets place the parameters once.
+  """
   rep = sharding.replicated(mesh)
-  host = jax.device_get(tree)
-  return jax.tree.map(
-      lambda x: jax.make_array_from_callback(np.shape(x), rep, lambda idx: np.asarray(x)[idx]),
-      host)
+
+  def place(x):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(rep, x.ndim):
+      return x
+    x = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(x.shape, rep, lambda idx: x[idx])
+
+  return jax.tree.map(place, tree)
 
 
 def evaluate(feature_fn: Callable[[Any, jax.Array], jax.Array], variables,

@@ -62,6 +62,7 @@ def evaluate_clip(config: ml_collections.ConfigDict, clip: encoders.CLIP, mesh,
   if config.classnames_file and len(names) != 1:
     raise UserError(f"config.classnames_file applies to one dataset, but "
                     f"config.datasets names {len(names)}: {names}.")
+  variables = evaluation.zeroshot.replicate(variables, mesh)  # once for all datasets
   results = {}
   for name in names:
     split = (evaluation.DEFAULT_SPLITS.get(name, "test")
