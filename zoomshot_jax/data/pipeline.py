@@ -29,7 +29,8 @@ def preprocess_image(image: tf.Tensor, spec: PreprocessSpec) -> tf.Tensor:
   if spec.resize_mode == "exact":
     size = tf.constant([spec.resize, spec.resize])
   else:
-    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    # float64, as HF's int(size * long / short) in Python floats.
+    hw = tf.cast(tf.shape(image)[:2], tf.float64)
     short, long = tf.reduce_min(hw), tf.reduce_max(hw)
     new_long = tf.cast(spec.resize * long / short, tf.int32)
     size = tf.where(hw[0] <= hw[1], tf.stack([spec.resize, new_long]),
