@@ -79,7 +79,7 @@ def load_vision_encoder(name: str, checkpoint: str, pooling: str = "default",
   """Loads a registered vision encoder from a hub id or a local directory.
 
   Args:
-    name: one of `ARCHS`.
+    name: one of `ARCHS` (use `encoders.load_vision_encoder` for checked names).
     checkpoint: hub id or directory written by `save_pretrained`. With
       `random_init`, a directory or hub id whose config.json is used alone.
     pooling: "cls", "mean" (of patch tokens / spatial positions), "pooler", or
@@ -88,9 +88,7 @@ def load_vision_encoder(name: str, checkpoint: str, pooling: str = "default",
   """
   import transformers  # pylint: disable=g-import-not-at-top
 
-  if name not in ARCHS:
-    raise UserError(f"unknown vision encoder {name!r}; known: {sorted(ARCHS)}.")
-  arch = ARCHS[name]
+  arch = ARCHS[name]  # names are checked by the registry (encoders/__init__.py)
   pooling = arch.poolings[0] if pooling == "default" else pooling
   if pooling not in arch.poolings:
     raise UserError(f"pooling={pooling!r} is not available for {name}; "
