@@ -150,12 +150,22 @@ def load_model(model_cls, name_or_path: str, expected_types: tuple[str, ...], dt
   except OSError as e:
     if "from_pt" not in str(e):
       raise UserError(f"{what}={name_or_path!r}: {str(e).splitlines()[0]}") from e
-    try:
-      import torch  # pylint: disable=g-import-not-at-top,unused-import
-    except ImportError:
-      raise UserError(
-          f"{what}={name_or_path!r} has only PyTorch weights; converting them "
-          "needs torch: pip install torch (a CPU build is enough)."
-      ) from e
-    logging.info("Converting PyTorch weights of %s to Flax.", name_or_path)
-    return model_cls.from_pretrained(name_or_path, from_pt=True, **kwargs)
+    cause = e  # only PyTorch .bin weights
+  except ValueError as e:
+    if "_do_init=False" not in str(e):
+      raise
+    cause = e  # only PyTorch safetensors, which HF converts through model.params
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    raise UserError(
+        f"{what}={name_or_path!r} has only PyTorch weights; converting them "
+        "needs torch: pip install torch (a CPU build is enough)."
+    ) from cause
+  logging.info("Converting PyTorch weights of %s to Flax (every run; save them "
+               "with save_pretrained to skip this).", name_or_path)
+  # HF's conversion reads model.params, which `_do_init=False` forbids:
+  # convert with an initialised model, then hand back its params.
+  kwargs["_do_init"] = True
+  model = model_cls.from_pretrained(name_or_path, from_pt=True, **kwargs)
+  return model, model.params
