@@ -108,7 +108,6 @@ def load_clip(checkpoint: str, dtype: str = "float32", random_init: bool = False
   jdtype = params_lib.compute_dtype(dtype)
   model, params = params_lib.load_model(transformers.FlaxCLIPModel, checkpoint, ("clip",),
                                         jdtype, "clip checkpoint", random_init, seed)
-  params = params_lib.check_complete(model, params, checkpoint)
   # The logit scale stays float32 (taken before the cast, which would round
   # it): exp() of a bf16 value is visibly off.
   logit_scale = jnp.asarray(params["logit_scale"], jnp.float32)

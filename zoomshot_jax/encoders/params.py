@@ -32,24 +32,22 @@ def check_complete(model, params, checkpoint: str):
   `_do_init=False` loading does not complain about missing weights; a
   checkpoint of another head or size would otherwise fail deep inside apply.
   """
+  shapes = _expected_shapes(model)  # traces the whole init: once
   expected = {jax.tree_util.keystr(p): l.shape
-              for p, l in jax.tree_util.tree_flatten_with_path(_expected_shapes(model))[0]}
-  got = {jax.tree_util.keystr(p): (p, l)
-         for p, l in jax.tree_util.tree_flatten_with_path(params)[0]}
+              for p, l in jax.tree_util.tree_flatten_with_path(shapes)[0]}
+  got = {jax.tree_util.keystr(p): l for p, l in jax.tree_util.tree_flatten_with_path(params)[0]}
   missing = sorted(set(expected) - set(got))
   if missing:
     raise UserError(
         f"checkpoint {checkpoint!r} lacks {len(missing)} weights this model "
         f"needs, e.g. {missing[:3]}; is it a checkpoint of this architecture?")
   for k, shape in expected.items():
-    if tuple(got[k][1].shape) != tuple(shape):
+    if tuple(got[k].shape) != tuple(shape):
       raise UserError(f"checkpoint {checkpoint!r}: weight {k} has shape "
-                      f"{tuple(got[k][1].shape)}, the config implies {tuple(shape)}.")
+                      f"{tuple(got[k].shape)}, the config implies {tuple(shape)}.")
   if len(got) == len(expected):
     return params
-  leaves = {k: v for k, (p, v) in got.items() if k in expected}
-  return jax.tree_util.tree_map_with_path(
-      lambda p, _: leaves[jax.tree_util.keystr(p)], _expected_shapes(model))
+  return jax.tree_util.tree_map_with_path(lambda p, _: got[jax.tree_util.keystr(p)], shapes)
 
 
 def random_params(model, seed: int = 0, scale: float = 0.02):
@@ -136,6 +134,7 @@ def load_model(model_cls, name_or_path: str, expected_types: tuple[str, ...], dt
                what: str, random_init: bool = False, seed: int = 0, **model_kwargs):
   """`(model, params)` of a checkpoint, or random params of its config.
 
+  Loaded params are checked against the architecture (`check_complete`).
   Loads with `_do_init=False` and a clear error when that fails; falls back
   to converting PyTorch weights (`from_pt=True`, needs torch) when the
   checkpoint has no Flax weights, as many hub checkpoints (DINOv2) do.
@@ -144,6 +143,11 @@ def load_model(model_cls, name_or_path: str, expected_types: tuple[str, ...], dt
   if random_init:
     model = model_cls(config, _do_init=False, dtype=dtype, **model_kwargs)
     return model, random_params(model, seed)
+  model, params = _from_pretrained(model_cls, name_or_path, config, dtype, what, **model_kwargs)
+  return model, check_complete(model, params, name_or_path)
+
+
+def _from_pretrained(model_cls, name_or_path, config, dtype, what, **model_kwargs):
   kwargs = dict(config=config, _do_init=False, dtype=dtype, **model_kwargs)
   try:
     return model_cls.from_pretrained(name_or_path, **kwargs)

@@ -99,7 +99,6 @@ def load_vision_encoder(name: str, checkpoint: str, pooling: str = "default",
   model, variables = params_lib.load_model(
       cls, checkpoint, arch.model_types, jdtype, f"{name} checkpoint", random_init, seed,
       **extra)
-  variables = params_lib.check_complete(model, variables, checkpoint)
   if "params" not in variables:  # models without mutable collections
     variables = {"params": variables}
   variables = params_lib.cast_floating(variables, jdtype)
