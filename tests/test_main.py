@@ -25,12 +25,12 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _launch(workdir, overrides, devices=1, extra_env=None):
+def _launch(workdir, overrides, devices=1, extra_env=None, config=CONFIG):
   env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
   env.update({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
               "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"})
   env.update(extra_env or {})
-  cmd = [sys.executable, "-m", "zoomshot_jax.main", f"--config={CONFIG}",
+  cmd = [sys.executable, "-m", "zoomshot_jax.main", f"--config={config}",
          f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
   return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)

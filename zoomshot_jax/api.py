@@ -5,6 +5,12 @@
   img = clip.embed_images(["cat.jpg", pil_image, uint8_array])   # [n, d], unit norm
   txt = clip.embed_texts(["a photo of a cat", "a photo of a dog"])
   probs = clip.classify(["cat.jpg"], ["cat", "dog"])               # [n, 2]
+
+Any vision encoder + an exported Zoom-shot / Text-to-Concept mapping is a
+zero-shot classifier in the same three lines:
+
+  dino = api.load_mapped("workdir/export/mapping.npz")   # encoders named inside
+  probs = dino.classify(["cat.jpg"], ["cat", "dog"])
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ import jax
 import numpy as np
 
 from zoomshot_jax import data, encoders
+from zoomshot_jax.errors import UserError
+from zoomshot_jax.methods import artifact, linear
+from zoomshot_jax.training import features
 from zoomshot_jax.evaluation.classifier import build_classifier, encode_texts, l2_normalize
 from zoomshot_jax.evaluation.classnames import Prompts
 from zoomshot_jax.evaluation.zeroshot import zero_shot_logits
@@ -39,16 +48,24 @@ def _as_uint8(image) -> np.ndarray:
 
 
 class Embedder:
-  """A loaded CLIP with batched, jitted embedding and zero-shot classification."""
+  """A loaded CLIP with batched, jitted embedding and zero-shot classification.
 
-  def __init__(self, clip: encoders.CLIP, batch_size: int = 32):
+  Images go through `feature_fn(variables, uint8 images)` into CLIP's space:
+  CLIP's image tower by default, or a vision encoder followed by a map.
+  """
+
+  def __init__(self, clip: encoders.CLIP, batch_size: int = 32, feature_fn=None,
+               variables=None, preprocess_spec=None):
     self.clip = clip
     self.batch_size = batch_size
-    self._image_fn = jax.jit(lambda p, x: l2_normalize(clip.image_features(p, x)))
+    feature_fn = feature_fn or clip.image_features
+    self._variables = clip.params if variables is None else variables
+    self._spec = preprocess_spec or clip.preprocess
+    self._image_fn = jax.jit(lambda p, x: l2_normalize(feature_fn(p, x)))
 
   def preprocess(self, images: Sequence) -> np.ndarray:
-    """The checkpoint's own resize/crop: uint8 [n, S, S, 3]."""
-    return np.stack([data.preprocess_image(_as_uint8(im), self.clip.preprocess).numpy()
+    """The image encoder's own resize/crop: uint8 [n, S, S, 3]."""
+    return np.stack([data.preprocess_image(_as_uint8(im), self._spec).numpy()
                      for im in images])
 
   def embed_images(self, images: Sequence) -> np.ndarray:
@@ -57,7 +74,8 @@ class Embedder:
     n, b = len(x), self.batch_size
     pad = (-n) % b  # fixed batch shape: one compilation for any n
     x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], np.uint8)])
-    out = [np.asarray(self._image_fn(self.clip.params, x[i:i + b])) for i in range(0, n + pad, b)]
+    out = [np.asarray(self._image_fn(self._variables, x[i:i + b]))
+           for i in range(0, n + pad, b)]
     return np.concatenate(out)[:n]
 
   def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -79,3 +97,36 @@ class Embedder:
 def load(checkpoint: str, dtype: str = "float32", batch_size: int = 32) -> Embedder:
   """Loads a CLIP from a hub id or a directory written by save_pretrained."""
   return Embedder(encoders.load_clip(checkpoint, dtype), batch_size)
+
+
+def load_mapped(path: str, vision_checkpoint: str | None = None,
+                clip_checkpoint: str | None = None, dtype: str = "float32",
+                batch_size: int = 32, check_weights: bool = True) -> Embedder:
+  """A zero-shot classifier from a vision encoder and an exported mapping.
+
+  Args:
+    path: <workdir>/export/mapping.npz written by the zoomshot program.
+    vision_checkpoint / clip_checkpoint: where to load the encoders from
+      (default: the ids recorded in the file), e.g. a local copy.
+    check_weights: refuse encoders whose weights differ from the ones the map
+      was trained on (float32 only: other dtypes change the fingerprint).
+  """
+  maps, meta = artifact.load(path)
+  v = meta["vision"]
+  vision = encoders.load_vision_encoder(v["name"], vision_checkpoint or v["checkpoint"],
+                                        v["pooling"], dtype)
+  clip = encoders.load_clip(clip_checkpoint or meta["clip"]["checkpoint"], dtype)
+  if check_weights and dtype == "float32":
+    found = features.encoder_identity(vision, clip)
+    for side in ("vision", "clip"):
+      if found[side]["fingerprint"] != meta[side]["fingerprint"]:
+        raise UserError(f"{path}: the {side} weights loaded from "
+                        f"{found[side]['checkpoint']!r} are not the ones the map was "
+                        "trained on; pass the right checkpoint, or check_weights=False.")
+  h = jax.tree.map(lambda x: np.asarray(x, np.float32), maps["h"])
+
+  def mapped(variables, images):
+    return linear.apply(variables["h"], vision.image_features(variables["vision"], images))
+
+  return Embedder(clip, batch_size, mapped, {"vision": vision.variables, "h": h},
+                  vision.preprocess)

@@ -134,6 +134,13 @@ def local_batch_size(global_batch_size: int, mesh: Mesh, field: str = "batch_siz
   return global_batch_size // n_proc
 
 
+def contiguous_rows(global_rows: int, process_index: int, process_count: int):
+  """[lo, hi) of this host's rows of a global batch: hosts hold equal,
+  contiguous shares in process order (as `batch_sharding` lays them out)."""
+  share = global_rows // process_count
+  return process_index * share, (process_index + 1) * share
+
+
 def to_global(tree, sharding: NamedSharding):
   """Host-local numpy batch (this host's rows) -> global `jax.Array`s."""
   return jax.tree.map(

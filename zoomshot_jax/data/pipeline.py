@@ -98,16 +98,37 @@ def eval_batches(source: Source, views: Mapping[str, PreprocessSpec], local_batc
   return ds, n_local, steps
 
 
+def augment_image(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """Random resized crop (area 35-100%, aspect 3/4-4/3) and horizontal flip.
+
+  Stateless: the result is a function of (image, seed), so a resumed run
+  sees the same augmented images as an uninterrupted one.
+  """
+  box_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=box_seed,
+      area_range=(0.35, 1.0), aspect_ratio_range=(3 / 4, 4 / 3), max_attempts=10,
+      use_image_if_no_bounding_boxes=True)
+  image = tf.slice(image, begin, size)
+  return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+
+
 def train_batches(source: Source, views: Mapping[str, PreprocessSpec], local_batch_size: int,
                   seed: int, process_index: int = 0, process_count: int = 1,
-                  shuffle_buffer: int = 10_000) -> tf.data.Dataset:
+                  shuffle_buffer: int = 10_000, augment: bool = False) -> tf.data.Dataset:
   """One pass over this host's share, shuffled by `seed`, whole batches only.
 
   Several views of the same example (e.g. {"clip": ..., "vision": ...} for
-  Zoom-shot's paired mode) are cut from the same decoded image.
+  Zoom-shot's paired mode) are cut from the same decoded (and, with
+  `augment`, the same augmented) image.
   """
   ds, _ = source.host_shard(process_index, process_count)
   ds = ds.shuffle(shuffle_buffer, seed=seed + process_index, reshuffle_each_iteration=False)
+  if augment:
+    ds = ds.enumerate().map(
+        lambda i, ex: {**ex, "image": augment_image(
+            ex["image"], tf.stack([tf.cast(seed * 1009 + process_index, tf.int64), i]))},
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.map(_map_views(views), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 

@@ -40,9 +40,42 @@ class Source:
   label_names: list[str] | None
   # (process_index, process_count) -> (dataset of decoded examples, its size)
   _shard: Callable[[int, int], tuple[tf.data.Dataset, int]]
+  # Random access for training subsets: () -> the split's size, and
+  # sorted example indices -> dataset of those examples, in that order.
+  _size: Callable[[], int] | None = None
+  _read: Callable[[np.ndarray], tf.data.Dataset] | None = None
 
   def host_shard(self, process_index: int = 0, process_count: int = 1):
     return self._shard(process_index, process_count)
+
+  def size(self) -> int:
+    """Number of examples in the whole split."""
+    if self._size is None:
+      return self._shard(0, 1)[1]
+    return self._size()
+
+  def subset(self, indices: np.ndarray, name: str | None = None) -> "Source":
+    """The examples at sorted `indices` of the split, as a Source of their own.
+
+    Hosts get contiguous shares of `indices`, so a seeded subset (e.g. 1% of
+    ImageNet train) is read once in total, in the split's order.
+    """
+    if self._read is None:
+      raise UserError(f"dataset {self.name!r} cannot be subsampled.")
+    indices = np.asarray(indices, np.int64)
+    if indices.size and np.any(np.diff(indices) <= 0):
+      raise ValueError("subset indices must be sorted and unique.")
+
+    def shard(index, count):
+      start, end = contiguous_range(len(indices), index, count)
+      part = indices[start:end]
+      if not len(part):
+        return self._read(indices[:1]).take(0), 0
+      return self._read(part), len(part)
+
+    return Source(name=name or f"{self.name}[subset of {len(indices)}]", split=self.split,
+                  num_classes=self.num_classes, label_names=self.label_names, _shard=shard,
+                  _size=lambda: len(indices), _read=lambda idx: self._read(indices[idx]))
 
 
 def contiguous_range(n: int, index: int, count: int) -> tuple[int, int]:
@@ -83,18 +116,44 @@ def tfds_source(name: str, split: str, data_dir: str | None = None,
   label = features["label"]
   names = list(label.names) if hasattr(label, "names") else None
 
+  def to_example(ex):
+    return {"image": _rgb(ex["image"]), "label": tf.cast(ex["label"], tf.int32)}
+
   def shard(index, count):
     ds = _as_dataset(builder, name, split, index, count)
-    ds = ds.map(lambda ex: {"image": _rgb(ex["image"]),
-                            "label": tf.cast(ex["label"], tf.int32)},
-                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
     n = int(ds.cardinality())
     if n < 0:  # unknown (e.g. under tfds.testing.mock_data): count once
       n = int(ds.reduce(0, lambda c, _: c + 1))
     return ds, n
 
+  def size():
+    try:
+      return int(builder.info.splits[split].num_examples)
+    except (KeyError, ValueError, TypeError):  # no split info (mock_data)
+      return shard(0, 1)[1]
+
+  def read(indices):
+    if "[" in split:
+      raise UserError(f"split {split!r} of {name!r}: training subsets are drawn from a "
+                      "whole split; give a plain split name and set train_fraction.")
+    start, end = int(indices[0]), int(indices[-1]) + 1
+    keep = np.zeros(end - start, bool)
+    keep[indices - start] = True
+    keep = tf.constant(keep)
+    # Records are read raw and only the kept ones are decoded: a 1% subset
+    # costs 1% of the decoding. take() is a no-op on real data (mock_data
+    # ignores slices).
+    ds = _as_dataset(builder, name, f"{split}[{start}:{end}]", 0, 1,
+                     decoders={"image": tfds.decode.SkipDecoding()}).take(end - start)
+    ds = ds.enumerate().filter(lambda i, ex: keep[i]).map(lambda i, ex: ex)
+    image = features["image"]
+    return ds.map(lambda ex: to_example({"image": image.decode_example(ex["image"]),
+                                         "label": ex["label"]}),
+                  num_parallel_calls=tf.data.AUTOTUNE)
+
   return Source(name=name, split=split, num_classes=int(label.num_classes),
-                label_names=names, _shard=shard)
+                label_names=names, _shard=shard, _size=size, _read=read)
 
 
 def _not_prepared(builder, name: str, err: Exception) -> UserError:
@@ -112,14 +171,15 @@ def _not_prepared(builder, name: str, err: Exception) -> UserError:
   return UserError(msg)
 
 
-def _as_dataset(builder, name, split, index, count) -> tf.data.Dataset:
+def _as_dataset(builder, name, split, index, count, decoders=None) -> tf.data.Dataset:
   if count > 1:
     split = tfds.even_splits(split, n=count, drop_remainder=False)[index]
   # One file at a time, files in order: a fixed global order, so that host
   # shares concatenate to the single-host order.
   read_config = tfds.ReadConfig(interleave_cycle_length=1, shuffle_seed=None)
   try:
-    return builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
+    return builder.as_dataset(split=split, shuffle_files=False, read_config=read_config,
+                              decoders=decoders)
   except (AssertionError, tf.errors.NotFoundError, FileNotFoundError) as e:
     raise _not_prepared(builder, name, e) from e
   except ValueError as e:
@@ -193,16 +253,20 @@ def folder_source(spec: str, verify: bool = True) -> Source:
   names, files, labels = _list_folder(root, verify)
   logging.info("Folder %s: %d classes, %d images.", root, len(names), len(files))
 
+  files_arr, labels_arr = np.asarray(files), np.asarray(labels, np.int32)
+
+  def read(indices):
+    ds = tf.data.Dataset.from_tensor_slices(
+        {"path": files_arr[indices], "label": labels_arr[indices]})
+    return ds.map(lambda ex: {"image": _decode_file(ex["path"]), "label": ex["label"]},
+                  num_parallel_calls=tf.data.AUTOTUNE)
+
   def shard(index, count):
     start, end = contiguous_range(len(files), index, count)
-    ds = tf.data.Dataset.from_tensor_slices(
-        {"path": files[start:end], "label": np.asarray(labels[start:end], np.int32)})
-    ds = ds.map(lambda ex: {"image": _decode_file(ex["path"]), "label": ex["label"]},
-                num_parallel_calls=tf.data.AUTOTUNE)
-    return ds, end - start
+    return read(np.arange(start, end)), end - start
 
   return Source(name=spec, split="all", num_classes=len(names), label_names=names,
-                _shard=shard)
+                _shard=shard, _size=lambda: len(files), _read=read)
 
 
 def get_source(name: str, split: str, data_dir: str | None = None,

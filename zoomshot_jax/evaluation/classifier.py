@@ -80,11 +80,14 @@ def encode_texts(clip: CLIP, texts: list[str], batch_size: int = 256) -> np.ndar
     out.append(encode(params, *jax.device_put((tokens["input_ids"][i:i + batch_size],
                                                tokens["attention_mask"][i:i + batch_size]),
                                               rows)))
+    if len(out) > 2:
+      # Two batches in flight hide dispatch; an unbounded queue of sharded
+      # computations can starve XLA's CPU thread pool (many fake devices).
+      out[-3].block_until_ready()
     if i and i % (50 * batch_size) == 0:
-      out[-1].block_until_ready()  # dispatch is async: wait, so the ETA is real
       rate = i / (time.time() - start)
       logging.info("Text features: %d/%d prompts, ETA %.0fs.", i, n, (n - i) / rate)
-  return np.asarray(jnp.concatenate(out))[:n]
+  return np.concatenate([np.asarray(o) for o in out])[:n]
 
 
 def build_classifier(clip: CLIP, prompts: Prompts, batch_size: int = 256,

@@ -109,6 +109,9 @@ def evaluate(feature_fn: Callable[[Any, jax.Array], jax.Array], variables,
   for i, batch in enumerate(data.as_numpy(ds, f"dataset {source.name!r}")):
     g = sharding.to_global({k: batch[k] for k in ("image", "label", "mask")}, rows)
     counts, logits = step(variables, w, g["image"], g["label"], g["mask"])
+    if totals is not None:
+      # One step in flight at most: a bounded queue (see classifier.encode_texts).
+      totals["n"].block_until_ready()
     totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
     if keep_logits:
       kept_logits.append(sharding.local_rows(logits))

@@ -1,5 +1,7 @@
 """Programs the binary runs, by `config.program`: each has `run(config, workdir)`."""
 
 PROGRAMS = {
+    "asif": "zoomshot_jax.programs.asif",
     "zeroshot_eval": "zoomshot_jax.programs.zeroshot_eval",
+    "zoomshot": "zoomshot_jax.programs.zoomshot",
 }

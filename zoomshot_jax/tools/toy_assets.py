@@ -3,9 +3,11 @@ r"""Writes a tiny random CLIP checkpoint and a small image folder, offline.
   python -m zoomshot_jax.tools.toy_assets --out=/tmp/zs_toy
 
 gives /tmp/zs_toy/clip (save_pretrained weights, tokenizer, preprocessor
-config) and /tmp/zs_toy/images/<class>/*.png, to run the evaluation binary
-end to end where no real weights or data can be downloaded. The CLIP is
-random, so its accuracy is chance: this checks the machinery, not a model.
+config), /tmp/zs_toy/vit (a tiny vision encoder) and
+/tmp/zs_toy/images/<class>/*.png, to run the binaries end to end where no
+real weights or data can be downloaded (`configs/zoomshot.py:toy` points at
+them). The models are random, so accuracies are chance: this checks the
+machinery, not a model.
 """
 
 import os
@@ -16,10 +18,16 @@ from PIL import Image, ImageDraw
 
 from zoomshot_jax.encoders import testing
 
-flags.DEFINE_string("out", None, "Output directory.")
-flags.DEFINE_integer("images_per_class", 20, "Images per class.")
-flags.DEFINE_integer("seed", 0, "Seed of the weights and images.")
 FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  # Only when run as a script: importing write_image_folder must not claim
+  # common flag names (--out, --seed) in the importer's absl program.
+  flags.DEFINE_string("out", None, "Output directory.")
+  flags.DEFINE_integer("images_per_class", 20, "Images per class.")
+  flags.DEFINE_integer("seed", 0, "Seed of the weights and images.")
+  flags.mark_flag_as_required("out")
 
 CLASSES = {"red_square": ((220, 30, 30), "square"), "green_circle": ((30, 200, 60), "circle"),
            "blue_triangle": ((40, 60, 220), "triangle")}
@@ -47,10 +55,11 @@ def write_image_folder(root: str, per_class: int, seed: int) -> str:
 def main(argv):
   del argv
   testing.save_tiny_clip(os.path.join(FLAGS.out, "clip"), seed=FLAGS.seed)
+  testing.save_tiny_vision("vit", os.path.join(FLAGS.out, "vit"), seed=FLAGS.seed + 1)
   write_image_folder(os.path.join(FLAGS.out, "images"), FLAGS.images_per_class, FLAGS.seed)
-  print(f"Wrote {FLAGS.out}/clip and {FLAGS.out}/images", flush=True)
+  print(f"Wrote {FLAGS.out}/clip, {FLAGS.out}/vit and {FLAGS.out}/images", flush=True)
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("out")
+  _define_flags()
   app.run(main)

@@ -1,0 +1,67 @@
+"""Orbax checkpoints of the training state, with resume checks.
+
+The state is a plain pytree {"params", "opt_state", "step"}; saves are
+asynchronous (training goes on while the previous step's state is written),
+every `every` steps and at the end, keeping the last `keep`. Orbax writes a
+step to a temporary directory and renames it when complete, so a run killed
+mid-save resumes from the last whole checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from zoomshot_jax.errors import UserError
+
+
+def manager(directory: str, every: int, keep: int, config: dict) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      save_interval_steps=max(1, every), max_to_keep=keep,
+      enable_async_checkpointing=True, cleanup_tmp_directories=True)
+  # The config travels with the checkpoints (Orbax's root metadata).
+  return ocp.CheckpointManager(os.path.abspath(directory) if "://" not in directory
+                               else directory, options=options, metadata=config,
+                               item_handlers=ocp.StandardCheckpointHandler())
+
+
+def _shapes(tree) -> dict:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(p): tuple(getattr(x, "shape", ())) for p, x in flat}
+
+
+def restore_latest(mngr: ocp.CheckpointManager, state):
+  """(state restored from the latest step, that step), or (state, 0) if none.
+
+  `state` gives the expected structure, shapes and shardings; a checkpoint of
+  other shapes (e.g. other encoders' dims) is refused, not half-loaded.
+  """
+  step = mngr.latest_step()
+  if step is None:
+    return state, 0
+  # The maps' shapes say which encoders and method made the checkpoint (the
+  # optimizer state mirrors them).
+  found = _shapes(mngr.item_metadata(step)["params"])
+  expected = _shapes(state["params"])
+  if found != expected:
+    diffs = [f"{k}: checkpoint {found.get(k)}, config {v}" for k, v in expected.items()
+             if found.get(k) != v]
+    diffs += [f"{k}: only in the checkpoint" for k in found if k not in expected]
+    raise UserError(
+        f"checkpoint {mngr.directory}/{step} does not fit this config "
+        f"(params {'; '.join(diffs[:4])}). It was trained with other encoders, dims or "
+        "method; use a new workdir, or the config it was made with (config.json beside it).")
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  try:
+    restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+  except (ValueError, KeyError, TypeError) as e:
+    raise UserError(
+        f"checkpoint {mngr.directory}/{step} has the same maps but another optimizer "
+        f"state ({str(e).splitlines()[0][:200]}); was config.optimizer changed? Use a new "
+        "workdir, or the config it was made with (config.json beside it).") from e
+  logging.info("Resumed from %s at step %d.", mngr.directory, step)
+  return restored, int(step)
+
