@@ -117,3 +117,65 @@ def save_tiny_vision(name: str, path: str, seed: int = 0, image_size: int = 32) 
   else:
     _write_preprocessor(path, "ViTImageProcessor", image_size)
   return path
+
+
+def _write_wordpiece_tokenizer(path: str) -> int:
+  """BERT WordPiece files: specials, then every printable ASCII character as
+  a word start and as a "##" continuation, so any ASCII text tokenizes."""
+  from transformers import BertTokenizerFast  # pylint: disable=g-import-not-at-top
+
+  chars = [chr(c) for c in range(33, 127)]
+  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars]
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "vocab.txt"), "w") as f:
+    f.write("\n".join(vocab) + "\n")
+  BertTokenizerFast(os.path.join(path, "vocab.txt"), do_lower_case=False).save_pretrained(path)
+  return len(vocab)
+
+
+def _write_roberta_tokenizer(path: str) -> int:
+  """Byte-level BPE with no merges and RoBERTa's special tokens (<pad> = 1)."""
+  from transformers import RobertaTokenizer  # pylint: disable=g-import-not-at-top
+  from transformers.models.clip.tokenization_clip import bytes_to_unicode  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(path, exist_ok=True)
+  vocab = ["<s>", "<pad>", "</s>", "<unk>"] + list(bytes_to_unicode().values()) + ["<mask>"]
+  with open(os.path.join(path, "vocab.json"), "w") as f:
+    json.dump({tok: i for i, tok in enumerate(vocab)}, f)
+  with open(os.path.join(path, "merges.txt"), "w") as f:
+    f.write("#version: 0.2\n")
+  RobertaTokenizer(os.path.join(path, "vocab.json"),
+                   os.path.join(path, "merges.txt")).save_pretrained(path)
+  return len(vocab)
+
+
+def tiny_text_config(name: str, vocab_size: int):
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  bert_like = dict(vocab_size=vocab_size, hidden_size=24, num_hidden_layers=2,
+                   num_attention_heads=4, intermediate_size=48, max_position_embeddings=66)
+  return {
+      "bert": lambda: transformers.BertConfig(**bert_like),
+      "roberta": lambda: transformers.RobertaConfig(pad_token_id=1, **bert_like),
+      "xlm-roberta": lambda: transformers.XLMRobertaConfig(pad_token_id=1, **bert_like),
+      "distilbert": lambda: transformers.DistilBertConfig(
+          vocab_size=vocab_size, dim=24, n_layers=2, n_heads=4, hidden_dim=48,
+          max_position_embeddings=64),
+  }[name]()
+
+
+def save_tiny_text(name: str, path: str, seed: int = 0) -> str:
+  """A random tiny text encoder `name` (see encoders.text.ARCHS) with its
+  tokenizer at `path`; hidden size 24."""
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  from zoomshot_jax.encoders.text import ARCHS as TEXT_ARCHS  # pylint: disable=g-import-not-at-top
+
+  if name in ("roberta", "xlm-roberta"):
+    vocab_size = _write_roberta_tokenizer(path)
+  else:
+    vocab_size = _write_wordpiece_tokenizer(path)
+  cls = getattr(transformers, TEXT_ARCHS[name].model_cls)
+  model = cls(tiny_text_config(name, vocab_size), _do_init=False)
+  model.save_pretrained(path, params=params_lib.random_params(model, seed))
+  return path
