@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 from clu import metric_writers
+from jax.experimental import multihost_utils
 
 from zoomshot_jax import data, encoders, evaluation, io_utils, methods, sharding
 from zoomshot_jax.errors import UserError
@@ -229,6 +230,8 @@ def train(run: Run, hooks=()) -> dict:
   if jax.process_index() == 0:
     artifact.save(run.export_path, maps, meta)
     logging.info("Exported %s.", run.export_path)
+  # Other hosts read the export in the eval stage: not before it exists.
+  multihost_utils.sync_global_devices("zoomshot-export")
   return meta
 
 

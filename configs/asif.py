@@ -1,0 +1,100 @@
+r"""ASIF: zero-shot classification from a unimodal image encoder, a unimodal text
+encoder and image–caption anchor pairs, with no training (METHODS.md §3).
+
+  python -m zoomshot_jax.main --config=configs/asif.py:paper --workdir=/tmp/asif \
+      --config.anchors.source='tfrecord:/data/cc12m/*.tfrecord' \
+      --config.data_dir=/data/tensorflow_datasets
+
+The argument is comma-separated words:
+  paper      (default) the paper's setting: the first 1.6M CC12M pairs (from
+             img2dataset TFRecords: "jpg" and "txt"), a supervised ViT-B/16
+             (ImageNet-21k), a sentence encoder, k = 800, p = 8, ImageNet /
+             CIFAR-100 / Pets with the reference implementation's templates
+  coco       anchors from tfds coco_captions (train, the first caption per image)
+  clip_text  CLIP ViT-B/32's text tower as the text encoder (for comparison)
+  tiny       small steps for tests and laptops (the encoders must be given)
+Any field can be overridden on the command line; a misspelt field is an error.
+"""
+
+import ml_collections
+
+WORDS = ("paper", "coco", "clip_text", "tiny")
+
+
+def get_config(arg=None):
+  words = [w for w in (arg or "paper").split(",") if w]
+  unknown = [w for w in words if w not in WORDS]
+  if unknown:
+    raise ValueError(f"configs/asif.py: unknown variant words {unknown}; use {list(WORDS)}.")
+  config = ml_collections.ConfigDict()
+  config.program = "asif"
+  config.stage = "embed-anchors,evaluate"   # one or both, run in this order
+  config.anchors_dir = ""                    # the anchor store ("" = <workdir>/anchors)
+
+  # Anchor pairs: tsv:<file> | jsonl:<file> | tfrecord:<glob> | tfds:<name>.
+  config.anchors = ml_collections.ConfigDict()
+  config.anchors.source = "tfrecord:/data/cc12m/*.tfrecord"
+  config.anchors.image_key = "jpg"           # TSV column / JSON key / TFRecord feature
+  config.anchors.caption_key = "txt"
+  config.anchors.split = "train"             # tfds sources only
+  config.anchors.max_anchors = 1_600_000     # the first pairs only (0 = all)
+  config.anchors.shard_size = 50_000         # pairs per shard file (the unit of resuming)
+  config.anchors.append = False              # add this source after the store's anchors
+  config.anchors.verify_files = True         # check every image file of tsv/jsonl exists first
+  config.anchors.batch_size = 256            # images per host per step when embedding
+  config.anchors.text_batch_size = 256       # captions per step
+
+  # The paper's image encoder is supervised; ours: ViT-B/16 trained on ImageNet-21k.
+  config.image_encoder = ml_collections.ConfigDict()
+  config.image_encoder.name = "vit"          # encoders.VISION_ENCODERS
+  config.image_encoder.checkpoint = "google/vit-base-patch16-224-in21k"
+  config.image_encoder.pooling = "default"
+  config.text_encoder = ml_collections.ConfigDict()
+  config.text_encoder.name = "bert"          # encoders.TEXT_ENCODERS
+  config.text_encoder.checkpoint = "sentence-transformers/all-MiniLM-L6-v2"
+  config.text_encoder.pooling = "mean"
+  config.text_encoder.max_length = 128
+  config.dtype = "float32"
+  config.random_init = False                 # random weights (smoke tests, benchmarks)
+
+  config.k = 800                             # anchors kept per relative representation
+  config.p = 8                               # power of the kept similarities
+  config.rule = "prompt_max"                 # argmax over prompts (reference) | template_mean
+
+  config.datasets = "imagenet2012,cifar100,oxford_iiit_pet"
+  config.split = "default"                   # "default": the papers' split per dataset
+  config.data_dir = ""                       # tfds data_dir (eval datasets and tfds anchors)
+  config.tfds_download = False
+  config.verify_images = True
+  config.classnames_file = ""                # one dataset only
+  config.templates_file = ""
+  config.templates = "reference"             # noranta4/ASIF's templates where it has own | default
+  config.batch_size = 256                    # eval images per step (global)
+  config.text_batch_size = 256               # prompts per step
+
+  config.query_chunk = 1024                  # query rows per search step (multiple of devices)
+  config.anchor_block = 8192                 # anchors per similarity dot
+  config.anchor_chunk = 0                    # 0: all anchors on the devices; N: stream N at a time
+  config.reuse_reps = True                   # start from the workdir's cached rows (anchors added: update)
+  config.save_predictions = False
+  config.explain = 0                         # explain the first N predictions per dataset
+  config.mesh = [("data", -1)]
+
+  if "coco" in words:
+    config.anchors.source = "tfds:coco_captions"
+    config.anchors.max_anchors = 0
+  if "clip_text" in words:
+    config.text_encoder.name = "clip"
+    config.text_encoder.checkpoint = "openai/clip-vit-base-patch32"
+    config.text_encoder.pooling = "default"
+  if "tiny" in words:
+    config.anchors.source = ""
+    config.anchors.image_key, config.anchors.caption_key = "image", "caption"
+    config.anchors.max_anchors = 0
+    config.anchors.shard_size = 16
+    config.anchors.batch_size = 8
+    config.anchors.text_batch_size = 16
+    config.k, config.batch_size, config.text_batch_size = 8, 8, 16
+    config.query_chunk, config.anchor_block = 16, 8
+    config.templates = "default"
+  return config

@@ -1,0 +1,216 @@
+"""ASIF's top-k search and scores against a dense NumPy brute force (METHODS.md §3).
+
+The brute force is written from the spec alone: every similarity, a sort by
+(value desc, index asc), the top k raised to p, text rows normalised, dense
+products, argmax over prompts. Sharded (8 devices), streamed, incremental
+and in-memory single-device runs must give bit-identical rows.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+from zoomshot_jax import sharding
+from zoomshot_jax.asif import Asif, relative, scoring
+from zoomshot_jax.errors import UserError
+
+
+def _mesh(n):
+  return sharding.make_mesh([("data", -1)], devices=jax.devices()[:n])
+
+
+def _unit(x):
+  return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def brute_topk(queries, anchors, k):
+  """(idx, sims) [n, k] by sorting every similarity: value desc, then index asc."""
+  s = queries @ anchors.T
+  order = np.lexsort((np.broadcast_to(np.arange(len(anchors)), s.shape), -s), axis=1)[:, :k]
+  return order, np.take_along_axis(s, order, 1)
+
+
+def dense_rep(queries, anchors, k, p, normalize):
+  """The relative representations as dense [n, N] float64 rows."""
+  idx, sims = brute_topk(queries, anchors, k)
+  r = np.zeros((len(queries), len(anchors)))
+  np.put_along_axis(r, idx, sims.astype(np.float64) ** p, 1)
+  return r / np.linalg.norm(r, axis=1, keepdims=True) if normalize else r
+
+
+@pytest.fixture(scope="module")
+def exact_data():
+  """Entries in {-2..2}/4: every dot product is exact in float32, so the
+  brute force and the devices agree to the bit, and there are many exact
+  ties (duplicated anchors, equal sums) for the tie rule to settle."""
+  rng = np.random.default_rng(0)
+  anchors = rng.integers(-2, 3, (300, 8)).astype(np.float32) / 4
+  anchors[[10, 50, 200, 299]] = 0.5  # the largest dot any anchor can have with query 3
+  queries = rng.integers(-2, 3, (37, 8)).astype(np.float32) / 4
+  queries[3] = 0.5
+  return queries, anchors
+
+
+@pytest.mark.parametrize("num_devices", [1, 8])
+def test_search_equals_brute_force_with_ties(exact_data, num_devices):
+  queries, anchors = exact_data
+  searcher = relative.Searcher(_mesh(num_devices), k=20, query_chunk=16, block=8)
+  res = searcher.search(queries, relative.in_memory_chunks(searcher, anchors))
+  idx, sims = brute_topk(queries, anchors, 20)
+  np.testing.assert_array_equal(res.idx, idx)
+  np.testing.assert_array_equal(res.sims, sims)
+  assert res.num_anchors == 300
+  # Query 3's best anchor has four exact copies: they tie, lowest index first.
+  np.testing.assert_array_equal(res.idx[3, :4], [10, 50, 200, 299])
+  assert set(res.sims[3, :4]) == {2.0} and res.sims[3, 4] < 2.0
+  # Streamed and updated: the merges keep the rule (the tied copies straddle
+  # the chunk and update boundaries).
+  streamed = searcher.search(queries, relative.in_memory_chunks(searcher, anchors,
+                                                                chunk_size=64))
+  first = searcher.search(queries, relative.in_memory_chunks(searcher, anchors[:150]))
+  updated = searcher.search(queries, relative.in_memory_chunks(
+      searcher, anchors[150:], offset=150, chunk_size=100), first)
+  for other in (streamed, updated):
+    np.testing.assert_array_equal(other.idx, idx)
+    np.testing.assert_array_equal(other.sims, sims)
+  # k = N keeps every anchor, in the brute force's order.
+  full = searcher.search(queries[:5], relative.in_memory_chunks(searcher, anchors[:20]))
+  np.testing.assert_array_equal(full.idx, brute_topk(queries[:5], anchors[:20], 20)[0])
+
+
+@pytest.fixture(scope="module")
+def random_data():
+  rng = np.random.default_rng(1)
+  return _unit(rng.standard_normal((45, 16))), _unit(rng.standard_normal((331, 16)))
+
+
+def test_sharded_streamed_and_incremental_are_bit_identical(random_data):
+  queries, anchors = random_data
+  k = 24
+
+  def run(num_devices, chunk_size=0, splits=(), axes=(("data", -1),)):
+    mesh = sharding.make_mesh(axes, devices=jax.devices()[:num_devices])
+    searcher = relative.Searcher(mesh, k, query_chunk=16, block=8)
+    bounds = [0, *splits, len(anchors)]
+    res = None
+    for lo, hi in zip(bounds[:-1], bounds[1:]):  # each piece: an anchor-set update
+      res = searcher.search(queries, relative.in_memory_chunks(
+          searcher, anchors[lo:hi], offset=lo, chunk_size=chunk_size), res)
+    return res
+
+  ref = run(1)
+  variants = {"8 devices": run(8), "streamed, 1 device": run(1, chunk_size=40),
+              "streamed, 8 devices": run(8, chunk_size=70),
+              "incremental": run(8, splits=(130,)),
+              "incremental x3, streamed": run(1, chunk_size=50, splits=(30, 200)),
+              # Query rows split too: 2 query groups x 4 anchor devices, or 8 x 1.
+              "2 x 4 mesh, streamed": run(8, chunk_size=70, axes=(("queries", 2), ("data", 4))),
+              "8 query groups": run(8, axes=(("queries", 8),))}
+  for name, res in variants.items():
+    np.testing.assert_array_equal(res.idx, ref.idx, err_msg=name)
+    np.testing.assert_array_equal(res.sims, ref.sims, err_msg=name)
+    assert res.num_anchors == len(anchors)
+  idx, sims = brute_topk(queries, anchors, k)
+  np.testing.assert_array_equal(ref.idx, idx)
+  np.testing.assert_allclose(ref.sims, sims, atol=1e-6)
+
+
+def test_asif_api_add_anchors_is_an_update(random_data):
+  queries, anchors = random_data
+  model = Asif(anchors[:100], anchors[:100, :12], [f"c{i}" for i in range(100)], k=24,
+               mesh=_mesh(8), query_chunk=16, block=8)
+  before = model.represent(queries, "image")
+  model.add_anchors(anchors[100:], anchors[100:, :12], [f"c{i}" for i in range(100, 331)])
+  updated = model.represent(queries, "image", before)
+  fresh = model.represent(queries, "image")
+  np.testing.assert_array_equal(updated.idx, fresh.idx)
+  np.testing.assert_array_equal(updated.sims, fresh.sims)
+  with pytest.raises(UserError, match="as many images as texts"):
+    model.add_anchors(anchors[:3], anchors[:2, :12], ["a", "b", "c"])
+  with pytest.raises(UserError, match="do not match the anchors' dimension 16"):
+    model.add_anchors(anchors[:2, :8], anchors[:2, :12], ["a", "b"])
+  with pytest.raises(UserError, match="do not match the anchors' dimension"):
+    model.represent(queries[:, :8], "image")
+
+
+def test_search_rejects_bad_sizes(random_data):
+  queries, anchors = random_data
+  searcher = relative.Searcher(_mesh(8), k=50, query_chunk=16, block=8)
+  with pytest.raises(UserError, match=r"k=50 is larger than the number of anchors \(40\)"):
+    searcher.search(queries, relative.in_memory_chunks(searcher, anchors[:40]))
+  with pytest.raises(UserError, match="query_chunk=12 must be a positive multiple of the "
+                     r"number of devices \(8\)"):
+    relative.Searcher(_mesh(8), k=5, query_chunk=12)
+
+
+@pytest.fixture(scope="module")
+def classes_data():
+  """5 classes x 3 templates, anchors and queries near class centres, and a
+  hub anchor (close to every prompt) that every text row keeps."""
+  rng = np.random.default_rng(2)
+  ci, ct = rng.standard_normal((5, 16)), rng.standard_normal((5, 12))
+  a_cls, q_cls = rng.integers(0, 5, 400), rng.integers(0, 5, 60)
+  image_anchors = _unit(ci[a_cls] + 1.2 * rng.standard_normal((400, 16)))
+  text_anchors = _unit(ct[a_cls] + 1.2 * rng.standard_normal((400, 12)))
+  # Prompts share a direction ("a photo of ..."), and so do hub anchors 7-11.
+  shared = 2 * rng.standard_normal(12)
+  text_anchors[7:12] = _unit(shared + 0.3 * rng.standard_normal((5, 12)))
+  queries = _unit(ci[q_cls] + 1.2 * rng.standard_normal((60, 16)))
+  prompts = _unit(np.repeat(ct, 3, 0) + shared + 0.7 * rng.standard_normal((15, 12)))
+  return image_anchors, text_anchors, queries, prompts, q_cls
+
+
+@pytest.mark.parametrize("num_devices", [1, 8])
+def test_scores_and_predictions_equal_dense_numpy(classes_data, num_devices):
+  image_anchors, text_anchors, queries, prompts, labels = classes_data
+  k, p = 30, 8
+  searcher = relative.Searcher(_mesh(num_devices), k, query_chunk=16, block=8)
+  image = searcher.search(queries, relative.in_memory_chunks(searcher, image_anchors))
+  text = searcher.search(prompts, relative.in_memory_chunks(searcher, text_anchors))
+  assert np.isin(np.arange(7, 12), text.idx).all(axis=None) and all(
+      np.isin(np.arange(7, 12), row).all() for row in text.idx)  # hubs: in every text row
+  scores = scoring.Scorer(searcher.mesh, scoring.index_text(text, p)).scores(image, p)
+  ref = (dense_rep(queries, image_anchors, k, p, False)
+         @ dense_rep(prompts, text_anchors, k, p, True).T)
+  np.testing.assert_allclose(scores, ref, rtol=2e-5, atol=1e-6 * np.abs(ref).max())
+  np.testing.assert_array_equal(scores.argmax(1), ref.argmax(1))
+  # The reference rule (argmax over prompts, class = prompt // J) and the variant.
+  np.testing.assert_array_equal(
+      scoring.class_scores(scores, 3, "prompt_max").argmax(1), ref.argmax(1) // 3)
+  np.testing.assert_array_equal(
+      scoring.class_scores(scores, 3, "template_mean").argmax(1),
+      ref.reshape(60, 5, 3).mean(2).argmax(1))
+  # The synthetic classes are found far above chance (20%): the data are not trivial.
+  assert np.mean(ref.argmax(1) // 3 == labels) > 0.4
+
+
+def test_explain_sums_the_shared_anchors(classes_data):
+  image_anchors, text_anchors, queries, prompts, _ = classes_data
+  k, p = 30, 8
+  searcher = relative.Searcher(_mesh(8), k, query_chunk=16, block=8)
+  image = searcher.search(queries, relative.in_memory_chunks(searcher, image_anchors))
+  text = searcher.search(prompts, relative.in_memory_chunks(searcher, text_anchors))
+  ri = dense_rep(queries, image_anchors, k, p, False)
+  rt = dense_rep(prompts, text_anchors, k, p, True)
+  for row, prompt in [(0, 4), (11, int((ri[11] @ rt.T).argmax()))]:
+    contrib = scoring.explain(image, row, text, prompt, p, top=k)
+    ref = ri[row] * rt[prompt]
+    shared = np.flatnonzero(ref)
+    assert sorted(a for a, _ in contrib) == sorted(shared.tolist())
+    for a, v in contrib:
+      assert v == pytest.approx(ref[a], rel=1e-5)
+    assert [v for _, v in contrib] == sorted((v for _, v in contrib), reverse=True)
+    assert sum(v for _, v in contrib) == pytest.approx(ri[row] @ rt[prompt], rel=1e-5)
+    assert len(scoring.explain(image, row, text, prompt, p, top=3)) == min(3, len(shared))
+
+
+def test_class_rules_by_hand():
+  # 2 classes x 2 templates; prompts 1 and 2 tie at the maximum.
+  scores = np.array([[1.0, 3.0, 3.0, 0.0], [0.0, 1.0, 4.0, -4.0]], np.float32)
+  best = scoring.class_scores(scores, 2, "prompt_max")
+  np.testing.assert_array_equal(best, [[3, 3], [1, 4]])
+  assert best[0].argmax() == np.argmax(scores[0]) // 2 == 0  # first maximum, both ways
+  np.testing.assert_array_equal(scoring.class_scores(scores, 2, "template_mean"),
+                                [[2, 1.5], [0.5, 0]])
+  with pytest.raises(UserError, match="rule='vote'"):
+    scoring.class_scores(scores, 2, "vote")

@@ -1,0 +1,315 @@
+"""ASIF's relative representations: exact top-k similarities to the anchors.
+
+METHODS.md §3: r(y) = topk_k(y · A^T)^p for L2-normalised embeddings. This
+module finds the top-k part, `topk_k(y · A^T)`, exactly, with the anchor axis
+sharded over devices (and so over hosts); the power and the text-row
+normalisation are applied at scoring time (`scoring.py`), so stored top-k rows
+stay valid for any p and can be merged when anchors are added.
+
+Layout. The mesh is seen as queries x anchors: a mesh axis named "queries"
+(if the config has one) splits query rows, all other axes together split the
+anchors. With A devices on the anchor axis, anchors [offset, offset + n) are
+one `AnchorChunk`: a [A * L, d] array, anchor-device j holding the contiguous
+rows [offset + j L, offset + (j + 1) L) (replicated over the query axis); rows
+past n are padding and never selected. Queries come in chunks of
+`query_chunk` rows, split over the query axis.
+
+Per query chunk, two jitted shard_map programs:
+  1. each device computes its similarities in blocks of `block` anchors (one
+     dot of the same shape [rows, d] x [d, block] for every block, whatever
+     the sharding, the chunking or the offset, so every similarity has the
+     same bits in sharded, streamed, incremental and unsharded runs), and
+     takes its local top-min(k, L) with `lax.top_k`;
+  2. an all_to_all over the anchor axis hands each device 1/A of its query
+     rows with all anchor-devices' candidates, in device order = anchor index
+     order, and a second `lax.top_k` keeps the global top-k, row-sharded over
+     all devices.
+Anchors that do not fit in memory are streamed chunk by chunk and merged into
+a running top-k (`merge`): candidates are always concatenated in index order.
+
+Why a query axis: XLA:CPU's top_k is single-threaded and costs more per
+element on shorter rows, so on a CPU host one device per core on the query
+axis (anchors replicated, when they fit) runs the top-k on every core; on
+accelerators and across hosts the anchor axis is what scales memory.
+
+Ties. `lax.top_k` puts the lower position first among equal values; since
+candidate lists are always concatenated in ascending anchor order, every top-k
+here keeps, among equal similarities, the lowest anchor indices, in ascending
+order: the one total order (value desc, index asc) a brute-force sort gives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from zoomshot_jax.errors import UserError
+
+AXIS = "anchors"
+QUERY_AXIS = "queries"
+ROWS = P((QUERY_AXIS, AXIS))  # row-sharded over every device
+
+
+@dataclasses.dataclass
+class TopK:
+  """Sparse rows: each row's k most similar anchors, exactly.
+
+  sims: [n, k] float32 cosine similarities, descending per row (ties: lower
+    anchor index first).
+  idx: [n, k] int32 global anchor indices.
+  num_anchors: the anchors [0, num_anchors) that were searched.
+  """
+
+  sims: np.ndarray
+  idx: np.ndarray
+  num_anchors: int
+
+  @property
+  def k(self) -> int:
+    return self.sims.shape[1]
+
+
+@dataclasses.dataclass
+class AnchorChunk:
+  """Anchors [offset, offset + n) of one modality on the anchor mesh.
+
+  data: [A * L, d] float32, split over the anchor axis (replicated over the
+    query axis); rows >= n are padding.
+  """
+
+  data: jax.Array
+  offset: int
+  n: int
+
+  @property
+  def end(self) -> int:
+    return self.offset + self.n
+
+
+def search_mesh(mesh: Mesh) -> Mesh:
+  """`mesh` as (queries, anchors): its "queries" axis, if any, and the rest flattened."""
+  names = list(mesh.axis_names)
+  devices = mesh.devices
+  if QUERY_AXIS in names:
+    devices = np.moveaxis(devices, names.index(QUERY_AXIS), 0)
+  else:
+    devices = devices[None]
+  return Mesh(devices.reshape(devices.shape[0], -1), (QUERY_AXIS, AXIS))
+
+
+def _round_up(x: int, m: int) -> int:
+  return max(m, math.ceil(x / m) * m)
+
+
+def put_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A host-identical numpy array as a global array (each host fills its devices)."""
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def fetch_global(x: jax.Array) -> np.ndarray:
+  """The whole of a (possibly multi-host) global array, on every host."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+# ------------------------------------------------------------------ programs
+# Module-level and cached by their static arguments (a mesh is hashable), so
+# every Searcher on the same mesh and shapes reuses one compilation.
+
+
+@functools.lru_cache(maxsize=None)
+def _search_program(mesh: Mesh, local_rows: int, block: int, k_local: int):
+  """Program 1: each device's top-min(k, L) candidates, [Qc, A * k_local],
+  rows split over the query axis, columns over the anchor axis."""
+
+  def local(q, a, offset, limit):
+    # q [Qc / Q, d] (this query group's rows), a [L, d] (this device's anchors).
+    start = offset + jax.lax.axis_index(AXIS) * local_rows
+
+    def body(i, buf):
+      blk = jax.lax.dynamic_slice_in_dim(a, i * block, block)
+      s = jnp.einsum("qd,nd->qn", q, blk, precision=jax.lax.Precision.HIGHEST)
+      # Padding rows are never selected; masked here, while the block is hot
+      # in cache (a pass over the whole buffer costs ~15% of a step).
+      gidx = start + i * block + jnp.arange(block, dtype=jnp.int32)
+      s = jnp.where(gidx[None, :] < limit, s, -jnp.inf)
+      return jax.lax.dynamic_update_slice_in_dim(buf, s, i * block, axis=1)
+
+    sims = jax.lax.fori_loop(0, local_rows // block, body,
+                             jnp.zeros((q.shape[0], local_rows), jnp.float32))
+    vals, pos = jax.lax.top_k(sims, k_local)
+    return vals, start + pos
+
+  return jax.jit(jax.shard_map(
+      local, mesh=mesh, in_specs=(P(QUERY_AXIS), P(AXIS), P(), P()),
+      out_specs=(P(QUERY_AXIS, AXIS), P(QUERY_AXIS, AXIS)), check_vma=False))
+
+
+@functools.lru_cache(maxsize=None)
+def _gather_program(mesh: Mesh, k: int):
+  """Program 2: candidates by columns -> the global top-k, sharded by rows.
+
+  A program of its own: on XLA:CPU a collective in the same program as the
+  dots and top_k made the step several times slower.
+  """
+
+  def merge(vals, idx):
+    # Rows split over the anchor devices, candidates concatenated in device
+    # order, i.e. in ascending anchor order (see the module docstring on ties).
+    vals = jax.lax.all_to_all(vals, AXIS, 0, 1, tiled=True)
+    idx = jax.lax.all_to_all(idx, AXIS, 0, 1, tiled=True)
+    if vals.shape[1] < k:  # a chunk of fewer than k anchors: fill with non-anchors
+      vals = jnp.pad(vals, ((0, 0), (0, k - vals.shape[1])), constant_values=-jnp.inf)
+      idx = jnp.pad(idx, ((0, 0), (0, k - idx.shape[1])), constant_values=-1)
+    vals, pos = jax.lax.top_k(vals, k)
+    return vals, jnp.take_along_axis(idx, pos, axis=1)
+
+  return jax.jit(jax.shard_map(merge, mesh=mesh, in_specs=P(QUERY_AXIS, AXIS),
+                               out_specs=ROWS, check_vma=False))
+
+
+@functools.lru_cache(maxsize=None)
+def _merge_program(mesh: Mesh, k: int):
+  """Running top-k (carry: lower anchor indices) + a chunk's top-k -> top-k."""
+
+  def merge(a_vals, a_idx, b_vals, b_idx):
+    vals, pos = jax.lax.top_k(jnp.concatenate([a_vals, b_vals], axis=1), k)
+    return vals, jnp.take_along_axis(jnp.concatenate([a_idx, b_idx], axis=1), pos, axis=1)
+
+  rows = NamedSharding(mesh, ROWS)
+  return jax.jit(merge, in_shardings=rows, out_shardings=rows)
+
+
+class Searcher:
+  """Exact top-k search of query rows against anchor chunks on one mesh.
+
+  Args:
+    mesh: any mesh; an axis named "queries" splits query rows, the others
+      together split the anchors (see the module docstring).
+    k: neighbours kept per row (METHODS.md: 800).
+    query_chunk: query rows per step, a multiple of the number of devices.
+      Peak memory per device is about query_chunk / Q x L x 4 bytes.
+    block: anchors per similarity dot; rows per device are a multiple of it.
+  """
+
+  def __init__(self, mesh: Mesh, k: int, query_chunk: int = 1024, block: int = 8192):
+    self.mesh = search_mesh(mesh)
+    self.num_devices = self.mesh.devices.size
+    self.anchor_devices = self.mesh.shape[AXIS]
+    if k <= 0:
+      raise UserError(f"k={k} must be a positive number of anchors per row.")
+    if query_chunk <= 0 or query_chunk % self.num_devices:
+      raise UserError(
+          f"query_chunk={query_chunk} must be a positive multiple of the number of "
+          f"devices ({self.num_devices}), e.g. {_round_up(max(query_chunk, 1), self.num_devices)}.")
+    if block <= 0:
+      raise UserError(f"anchor_block={block} must be positive.")
+    self.k, self.query_chunk, self.block = k, query_chunk, block
+    self.rows = NamedSharding(self.mesh, ROWS)
+    self.replicated = NamedSharding(self.mesh, P())
+    self.query_rows = NamedSharding(self.mesh, P(QUERY_AXIS))
+
+  # ------------------------------------------------------------ placement
+
+  def chunk_rows(self, n: int) -> int:
+    """Padded size A * L of a chunk holding n anchors (L a multiple of block)."""
+    return self.anchor_devices * _round_up(math.ceil(n / self.anchor_devices), self.block)
+
+  def place(self, rows: Callable[[int, int], np.ndarray], offset: int, n: int,
+            dim: int) -> AnchorChunk:
+    """Puts anchors [offset, offset + n) on the mesh.
+
+    `rows(start, end)` returns float32 [end - start, dim] anchor embeddings
+    for start < end <= offset + n; each host is only asked for the rows of its
+    own devices, so no host holds more than its share.
+    """
+    total = self.chunk_rows(n)
+
+    def fill(index):
+      lo, hi, _ = index[0].indices(total)
+      out = np.zeros((hi - lo, dim), np.float32)
+      if lo < n:
+        out[:min(hi, n) - lo] = rows(offset + lo, offset + min(hi, n))
+      return out
+
+    data = jax.make_array_from_callback((total, dim), NamedSharding(self.mesh, P(AXIS)), fill)
+    return AnchorChunk(data=data, offset=offset, n=n)
+
+  # ------------------------------------------------------------ searching
+
+  def search(self, queries: np.ndarray, chunks: Iterable[AnchorChunk],
+             start: TopK | None = None) -> TopK:
+    """Exact top-k of every query row over all anchors of `chunks`.
+
+    Args:
+      queries: [n, d] float32, the same on every host.
+      chunks: consecutive anchor chunks in index order (streamed: each is
+        used once, for every query chunk, before the next is read).
+      start: the top-k over the anchors before the first chunk, to be updated
+        (an anchor-set update: the result equals a search from scratch).
+
+    Returns:
+      TopK over anchors [0, end of the last chunk), on every host.
+    """
+    queries = np.asarray(queries, np.float32)
+    n, qc = queries.shape[0], self.query_chunk
+    padded = np.zeros((_round_up(n, qc), queries.shape[1]), np.float32)
+    padded[:n] = queries
+    q_dev = [put_global(padded[i:i + qc], self.query_rows) for i in range(0, len(padded), qc)]
+    carry = [None] * len(q_dev)
+    end = 0
+    if start is not None:
+      if start.k != self.k:
+        raise UserError(f"stored top-k rows have k={start.k}, but k={self.k} was asked; "
+                        "recompute them (delete the cache) or keep k.")
+      pad = len(padded) - n
+      vals = np.pad(start.sims, ((0, pad), (0, 0)), constant_values=-np.inf)
+      idx = np.pad(start.idx, ((0, pad), (0, 0)))
+      carry = [(put_global(vals[i:i + qc], self.rows), put_global(idx[i:i + qc], self.rows))
+               for i in range(0, len(padded), qc)]
+      end = start.num_anchors
+    for chunk in chunks:
+      if chunk.offset != end:
+        raise ValueError(f"anchor chunk starts at {chunk.offset}, expected {end}")
+      local_rows = chunk.data.shape[0] // self.anchor_devices
+      fn = _search_program(self.mesh, local_rows, self.block, min(self.k, local_rows))
+      gather = _gather_program(self.mesh, self.k)
+      merge = _merge_program(self.mesh, self.k)
+      single = self.anchor_devices == 1 and local_rows >= self.k
+      offset = put_global(np.asarray(chunk.offset, np.int32), self.replicated)
+      limit = put_global(np.asarray(chunk.end, np.int32), self.replicated)
+      for i, q in enumerate(q_dev):
+        res = fn(q, chunk.data, offset, limit)
+        if not single:
+          # Wait for the collective: XLA:CPU runs each device's program on a
+          # shared thread pool, and steps dispatched ahead (no data dependence
+          # on it) can take the threads its participants wait for (deadlock).
+          res = jax.block_until_ready(gather(*res))
+        carry[i] = res if carry[i] is None else merge(*carry[i], *res)
+      end = chunk.end
+    if end < self.k:
+      raise UserError(f"k={self.k} is larger than the number of anchors ({end}); "
+                      f"set --config.k to at most {end} or add anchors.")
+    sims = np.concatenate([fetch_global(c[0]) for c in carry])[:n]
+    idx = np.concatenate([fetch_global(c[1]) for c in carry])[:n]
+    return TopK(sims=sims, idx=idx, num_anchors=end)
+
+
+def in_memory_chunks(searcher: Searcher, embeddings: np.ndarray, offset: int = 0,
+                     chunk_size: int = 0) -> Iterable[AnchorChunk]:
+  """Anchor chunks over a host-identical [n, d] array (all of it, or chunk_size at a time)."""
+  n = embeddings.shape[0]
+  step = chunk_size or n
+  for lo in range(0, n, step):
+    hi = min(n, lo + step)
+    yield searcher.place(lambda a, b: embeddings[a - offset:b - offset], offset + lo,
+                         hi - lo, embeddings.shape[1])
