@@ -9,14 +9,12 @@ and exit status 2.
 import importlib.util
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import procs
 from zoomshot_jax.asif import relative, toy
 from zoomshot_jax.asif.store import AnchorStore
 from zoomshot_jax.encoders import testing
@@ -170,33 +168,19 @@ def test_program_user_errors(env, image_folder, embedded, overrides, message):
   assert not os.path.exists(os.path.join(work, "results.json"))
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _launch(workdir, overrides, devices=1, extra_env=None):
-  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-  env.update({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-              "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"})
-  env.update(extra_env or {})
-  cmd = [sys.executable, "-m", "zoomshot_jax.main", f"--config={CONFIG}:tiny",
-         f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
-  return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  return procs.launch(f"{CONFIG}:tiny", workdir, overrides, devices, extra_env)
 
 
 def test_binary_two_processes_equal_one_and_user_errors(env, image_folder, tmp_path):
   common = {"anchors.source": "tsv:" + env["anchors"], "image_encoder.checkpoint": env["vit"],
             "text_encoder.checkpoint": env["bert"], "datasets": "folder:" + image_folder,
             "save_predictions": True, "batch_size": 4, "query_chunk": 8}
-  port = _free_port()
-  procs = {"single": _launch(tmp_path / "single", common)}
+  port = procs.free_port()
+  running = {"single": _launch(tmp_path / "single", common)}
   for i in range(2):
-    procs[f"multi{i}"] = _launch(tmp_path / "multi", common, devices=2, extra_env={
-        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
-        "JAX_PROCESS_ID": str(i)})
+    running[f"multi{i}"] = _launch(tmp_path / "multi", common, devices=2,
+                                   extra_env=procs.process_env(port, 2, i))
   bad = tmp_path / "bad.tsv"
   bad.write_text(open(env["anchors"]).read().replace("\tmy red square 2", "\t"))
   errors = {"counts": ({**common, "anchors.source": f"tsv:{bad}"},
@@ -204,8 +188,8 @@ def test_binary_two_processes_equal_one_and_user_errors(env, image_folder, tmp_p
                        "23 captions"),
             "k": ({**common, "k": 99}, "k=99 is larger than the number of anchors")}
   for name, (overrides, _) in errors.items():
-    procs[name] = _launch(tmp_path / name, overrides)
-  out = {name: p.communicate(timeout=300) + (p.returncode,) for name, p in procs.items()}
+    running[name] = _launch(tmp_path / name, overrides)
+  out = {name: procs.wait(p)[1:] + (p.returncode,) for name, p in running.items()}
   for name in ("single", "multi0", "multi1"):
     assert out[name][2] == 0, out[name][1][-3000:]
   results = {n: json.loads((tmp_path / n / "results.json").read_text())

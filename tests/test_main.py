@@ -3,15 +3,13 @@
 import importlib.util
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import procs
 from zoomshot_jax.errors import UserError
 from zoomshot_jax.programs import zeroshot_eval
 
@@ -19,37 +17,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "zeroshot_eval.py")
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _launch(workdir, overrides, devices=1, extra_env=None, config=CONFIG):
-  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-  env.update({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-              "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"})
-  env.update(extra_env or {})
-  cmd = [sys.executable, "-m", "zoomshot_jax.main", f"--config={config}",
-         f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
-  return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-
-
-def _wait(proc, timeout=300):
-  out, err = proc.communicate(timeout=timeout)
-  return proc.returncode, out, err
+def _launch(workdir, overrides, devices=1, extra_env=None):
+  return procs.launch(CONFIG, workdir, overrides, devices, extra_env)
 
 
 def test_one_process_equals_two_processes(tiny_clip_dir, image_folder, tmp_path):
   common = {"clip": tiny_clip_dir, "datasets": "folder:" + image_folder,
             "batch_size": 4, "save_predictions": True, "cache_dir": str(tmp_path / "cache")}
   single = _launch(tmp_path / "single", common, devices=1)
-  port = _free_port()
-  multi = [_launch(tmp_path / "multi", common, devices=2, extra_env={
-      "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
-      "JAX_PROCESS_ID": str(i)}) for i in range(2)]
-  runs = [_wait(p) for p in [single] + multi]
+  port = procs.free_port()
+  multi = [_launch(tmp_path / "multi", common, devices=2,
+                   extra_env=procs.process_env(port, 2, i)) for i in range(2)]
+  runs = [procs.wait(p) for p in [single] + multi]
   for rc, out, err in runs:
     assert rc == 0, err[-3000:]
   # 21 images, 4 global devices, batch 4: hosts hold 10 and 11 examples and
@@ -81,9 +60,10 @@ def test_user_errors_exit_cleanly(tiny_clip_dir, tmp_path):
       "missing_clip": ({"clip": str(tmp_path / "nope")}, "no model config found"),
       "unknown_field": ({"batchsize": 8}, "batchsize"),
   }
-  procs = {name: _launch(tmp_path / name, overrides) for name, (overrides, _) in cases.items()}
-  for name, proc in procs.items():
-    rc, out, err = _wait(proc)
+  running = {name: _launch(tmp_path / name, overrides)
+             for name, (overrides, _) in cases.items()}
+  for name, proc in running.items():
+    rc, out, err = procs.wait(proc)
     assert rc != 0, name
     assert cases[name][1] in err, (name, err[-2000:])
     assert "Traceback" not in err, (name, err[-2000:])

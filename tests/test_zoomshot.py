@@ -7,6 +7,7 @@ import shutil
 import sys
 
 import numpy as np
+import procs
 import pytest
 import tensorflow_datasets as tfds
 
@@ -19,7 +20,6 @@ from zoomshot_jax.tools import toy_assets
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import zoomshot as zoomshot_config  # noqa: E402  pylint: disable=g-import-not-at-top
-from tests import test_main  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 @pytest.fixture(scope="module")
@@ -256,16 +256,11 @@ def test_two_processes_equal_one(cfg, tmp_path, tiny_clip_dir, tiny_vision_dirs,
           "log_every": 2, "checkpoint_every": 4}
   config = os.path.join(ROOT, "configs", "zoomshot.py")
 
-  def launch(name, devices, env=None):
-    return test_main._launch(tmp_path / name, base, devices=devices, extra_env=env,
-                             config=config)
-
-  single = launch("single", 2)
-  port = test_main._free_port()
-  multi = [launch("multi", 1, {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-                               "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)})
-           for i in range(2)]
-  for rc, _, err in [test_main._wait(p) for p in [single] + multi]:
+  single = procs.launch(config, tmp_path / "single", base, devices=2)
+  port = procs.free_port()
+  multi = [procs.launch(config, tmp_path / "multi", base, devices=1,
+                        extra_env=procs.process_env(port, 2, i)) for i in range(2)]
+  for rc, _, err in [procs.wait(p) for p in [single] + multi]:
     assert rc == 0, err[-3000:]
   res = {n: json.loads((tmp_path / n / "results.json").read_text()) for n in ("single", "multi")}
   assert res["single"] == res["multi"]
@@ -276,9 +271,9 @@ def test_two_processes_equal_one(cfg, tmp_path, tiny_clip_dir, tiny_vision_dirs,
 
 
 def test_binary_reports_config_mistakes_in_one_line(tmp_path):
-  proc = test_main._launch(tmp_path, {"paired": False}, devices=1,
-                           config=os.path.join(ROOT, "configs", "zoomshot.py"))
-  rc, _, err = test_main._wait(proc)
+  proc = procs.launch(os.path.join(ROOT, "configs", "zoomshot.py"), tmp_path,
+                      {"paired": False})
+  rc, _, err = procs.wait(proc)
   assert rc == 2
   lines = [l for l in err.splitlines() if l.startswith("zoomshot_jax: error:")]
   assert len(lines) == 1 and "paired=False" in lines[0] and "Traceback" not in err

@@ -19,7 +19,6 @@ import numpy as np
 from zoomshot_jax.encoders import params as params_lib
 from zoomshot_jax.encoders.preprocessing import PreprocessSpec, load_spec
 from zoomshot_jax.encoders.vision import VisionEncoder
-from zoomshot_jax.errors import UserError
 
 # CLIP's context length; also the position-embedding table size of every
 # released checkpoint.
@@ -113,13 +112,7 @@ def load_clip(checkpoint: str, dtype: str = "float32", random_init: bool = False
   logit_scale = jnp.asarray(params["logit_scale"], jnp.float32)
   params = params_lib.cast_floating(params, jdtype)
   params["logit_scale"] = logit_scale
-  try:
-    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
-  except (OSError, ValueError, TypeError) as e:
-    raise UserError(
-        f"clip checkpoint {checkpoint!r}: could not load its tokenizer "
-        f"({str(e).splitlines()[0]}). Save the tokenizer next to the weights "
-        "with tokenizer.save_pretrained(dir).") from e
+  tokenizer = params_lib.load_tokenizer(checkpoint, "clip checkpoint")
   config = model.config
   max_length = min(MAX_TEXT_LENGTH, int(config.text_config.max_position_embeddings))
   spec = load_spec(checkpoint, default_size=int(config.vision_config.image_size))

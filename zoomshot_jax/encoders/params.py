@@ -104,6 +104,19 @@ def fingerprint(tree, extra: str = "") -> str:
   return h.hexdigest()
 
 
+def load_tokenizer(checkpoint: str, what: str):
+  """The checkpoint's own tokenizer, or a UserError saying how to provide one."""
+  from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+
+  try:
+    return AutoTokenizer.from_pretrained(checkpoint)
+  except (OSError, ValueError, TypeError) as e:
+    raise UserError(
+        f"{what} {checkpoint!r}: could not load its tokenizer "
+        f"({str(e).splitlines()[0]}). Save the tokenizer next to the weights "
+        "with tokenizer.save_pretrained(dir).") from e
+
+
 def load_config(name_or_path: str, expected_types: tuple[str, ...], what: str):
   """The checkpoint's HF config, checked to be of one of `expected_types`."""
   from transformers import AutoConfig  # pylint: disable=g-import-not-at-top

@@ -105,13 +105,7 @@ def load_text_encoder(name: str, checkpoint: str, pooling: str = "default",
   model, params = params_lib.load_model(cls, checkpoint, arch.model_types, jdtype,
                                         f"{name} checkpoint", random_init, seed, **extra)
   params = params_lib.cast_floating(params, jdtype)
-  try:
-    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
-  except (OSError, ValueError, TypeError) as e:
-    raise UserError(
-        f"{name} checkpoint {checkpoint!r}: could not load its tokenizer "
-        f"({str(e).splitlines()[0]}). Save the tokenizer next to the weights "
-        "with tokenizer.save_pretrained(dir).") from e
+  tokenizer = params_lib.load_tokenizer(checkpoint, f"{name} checkpoint")
   config = model.config
   # RoBERTa's position table starts after the padding index (2 slots).
   offset = 2 if config.model_type in ("roberta", "xlm-roberta") else 0

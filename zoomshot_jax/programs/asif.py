@@ -26,7 +26,6 @@ import os
 import jax
 import ml_collections
 from absl import logging
-from clu import metric_writers
 
 from zoomshot_jax import encoders, io_utils, sharding
 from zoomshot_jax.asif import embed, scoring
@@ -137,11 +136,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   if "evaluate" not in stages:
     return {}
   results = evaluate_stage(config, workdir, store_dir, mesh, image_encoder, text_encoder)
-  if jax.process_index() == 0:
-    writer = metric_writers.create_default_writer(workdir)
-    writer.write_scalars(0, {f"{name}/{k}": r[k] for name, r in results.items()
-                             for k in ("top1", "top5")})
-    writer.close()
-    io_utils.atomic_write_json(os.path.join(workdir, "results.json"), results)
-    print(zeroshot_eval.results_table(results), flush=True)
+  zeroshot_eval.write_results(workdir, {"": results})
   return results

@@ -91,11 +91,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   logging.info("CLIP %s: d=%d, logit scale %.2f, %d devices.", config.clip, clip.dim,
                clip.logit_scale, mesh.devices.size)
   results = evaluate_clip(config, clip, mesh, workdir=workdir)
-  if jax.process_index() == 0:
-    writer = metric_writers.create_default_writer(workdir)
-    writer.write_scalars(0, {f"{name}/{k}": r[k] for name, r in results.items()
-                             for k in ("top1", "top5")})
-    writer.close()
-    io_utils.atomic_write_json(os.path.join(workdir, "results.json"), results)
-    print(results_table(results), flush=True)
+  write_results(workdir, {"": results})
   return results
+
+
+def write_results(workdir: str, groups: dict[str, dict[str, dict]]) -> None:
+  """results.json, TensorBoard scalars and a printed table (process 0 only).
+
+  Args:
+    groups: {group: {dataset: {"top1", "top5", "num_examples"}}}; the group
+      "" alone writes {dataset: ...} (one model), otherwise {group: {...}}
+      (e.g. a mapped encoder and CLIP).
+  """
+  if jax.process_index() != 0:
+    return
+  writer = metric_writers.create_default_writer(workdir)
+  writer.write_scalars(0, {"/".join(p for p in (group, name, k) if p): r[k]
+                           for group, results in groups.items()
+                           for name, r in results.items() for k in ("top1", "top5")})
+  writer.close()
+  single = list(groups) == [""]
+  io_utils.atomic_write_json(os.path.join(workdir, "results.json"),
+                             groups[""] if single else groups)
+  for group, results in groups.items():
+    print((f"== {group}\n" if group else "") + results_table(results), flush=True)

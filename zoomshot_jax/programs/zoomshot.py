@@ -330,12 +330,5 @@ def run(config: ml_collections.ConfigDict, workdir: str, hooks=()) -> dict:
   if "eval" in stages:
     results = evaluate_mapped(r)
     out["results"] = results
-    if jax.process_index() == 0:
-      writer = metric_writers.create_default_writer(workdir)
-      writer.write_scalars(0, {f"eval/{who}/{ds}/{k}": v[k] for who, res in results.items()
-                               for ds, v in res.items() for k in ("top1", "top5")})
-      writer.close()
-      io_utils.atomic_write_json(os.path.join(workdir, "results.json"), results)
-      for who, res in results.items():
-        print(f"== {who}\n{zeroshot_eval.results_table(res)}", flush=True)
+    zeroshot_eval.write_results(workdir, results)
   return out

@@ -1,0 +1,44 @@
+"""Runs the binary in subprocesses: one process, or several joined by gloo."""
+
+import os
+import socket
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def launch(config, workdir, overrides, devices=1, extra_env=None):
+  """`python -m zoomshot_jax.main --config=config --workdir=workdir --config.k=v...`
+  on `devices` fake CPU devices; returns the Popen (stdout/stderr piped)."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+  env.update({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+              "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"})
+  env.update(extra_env or {})
+  cmd = [sys.executable, "-m", "zoomshot_jax.main", f"--config={config}",
+         f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+  return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def process_env(port: int, count: int, index: int) -> dict:
+  """Environment of process `index` of a `count`-process run (gloo on CPU)."""
+  return {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": str(count),
+          "JAX_PROCESS_ID": str(index)}
+
+
+def wait(proc, timeout=300):
+  """(returncode, stdout, stderr); a hung process is killed, not waited on forever."""
+  try:
+    out, err = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    out, err = proc.communicate()
+    err += f"\n[killed after {timeout}s]"
+  return proc.returncode, out, err
