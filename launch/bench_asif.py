@@ -37,6 +37,8 @@ import time
 
 from absl import app, flags
 
+from bench_util import available_cores  # launch/, beside this script
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 flags.DEFINE_integer("anchors", 200_000, "Anchor pairs N.")
@@ -60,13 +62,6 @@ flags.DEFINE_integer("seed", 0, "Data seed.")
 flags.DEFINE_string("impl", "", "Internal: run one implementation in this process.")
 flags.DEFINE_string("data", "", "Internal: the directory holding the data.")
 FLAGS = flags.FLAGS
-
-
-def available_cores() -> int:
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1
 
 
 def make_data(path: str) -> None:

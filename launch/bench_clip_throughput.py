@@ -29,6 +29,8 @@ import time
 
 from absl import app, flags
 
+from bench_util import available_cores  # launch/, beside this script
+
 # `python launch/<script>.py` puts launch/ on the path, not the repo root.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -48,14 +50,6 @@ FLAGS = flags.FLAGS
 # Dense (no sparsity) bf16 peaks in TFLOP/s, keyed by a substring of
 # jax's device_kind; float32 runs should pass --peak_tflops themselves.
 _BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0}
-
-
-def available_cores() -> int:
-  """Cores this process may run on (affinity-aware, unlike os.cpu_count)."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1
 
 
 def vit_flops(config, batch: int) -> float:

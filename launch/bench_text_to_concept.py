@@ -41,6 +41,8 @@ import time
 import jax
 import numpy as np
 from absl import app, flags
+
+from bench_util import available_cores  # launch/, beside this script
 from ml_collections import config_flags
 
 # `python launch/<script>.py` puts launch/ on the path, not the repo root.
@@ -114,14 +116,6 @@ _DINOV2_PREPROCESSOR = {
     **_CLIP_PREPROCESSOR, "image_processor_type": "BitImageProcessor",
     "size": {"shortest_edge": 256}, "image_mean": [0.485, 0.456, 0.406],
     "image_std": [0.229, 0.224, 0.225]}
-
-
-def available_cores() -> int:
-  """Cores this process may run on (affinity-aware, unlike os.cpu_count)."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1
 
 
 # ----------------------------------------------------------------------------
