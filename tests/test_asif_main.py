@@ -41,12 +41,7 @@ def _config(env, **overrides):
   config.anchors.source = "tsv:" + env["anchors"]
   config.image_encoder.checkpoint = env["vit"]
   config.text_encoder.checkpoint = env["bert"]
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 

@@ -39,12 +39,7 @@ def _config(clip_dir, vision_dir, folder, cache_dir, **overrides):
   c.epochs, c.log_every, c.eval_every, c.checkpoint_every = 2, 2, 4, 2
   c.cache_dir = cache_dir
   c.eval.datasets, c.eval.batch_size, c.eval.cache_dir = "folder:" + folder, 16, "none"
-  for k, v in overrides.items():
-    target = c
-    *path, leaf = k.split(".")
-    for p in path:
-      target = target[p]
-    target[leaf] = v
+  c.update_from_flattened_dict(overrides)
   return c
 
 

@@ -48,3 +48,15 @@ def atomic_save_npy(path: str, array: np.ndarray) -> None:
 def load_npy(path: str) -> np.ndarray:
   with tf.io.gfile.GFile(path, "rb") as f:
     return np.load(io.BytesIO(f.read()))
+
+
+def load_npz(path: str) -> dict[str, np.ndarray]:
+  """Every array of an .npz (read whole: gfile paths cannot be memory-mapped)."""
+  with tf.io.gfile.GFile(path, "rb") as f:
+    with np.load(io.BytesIO(f.read()), allow_pickle=False) as z:
+      return {k: z[k] for k in z.files}
+
+
+def read_json(path: str):
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)

@@ -66,9 +66,7 @@ def _cache_path(workdir: str, name: str) -> str:
 def _load_cache(path: str, key: str) -> dict | None:
   if not tf.io.gfile.exists(path):
     return None
-  with tf.io.gfile.GFile(path, "rb") as f:
-    with np.load(f, allow_pickle=False) as z:
-      cached = {k: z[k] for k in z.files}
+  cached = io_utils.load_npz(path)
   if str(cached["key"]) != key:
     logging.info("%s: cached rows are for other encoders/prompts/anchors; recomputing.", path)
     return None

@@ -70,8 +70,7 @@ class AnchorStore:
     if not tf.io.gfile.exists(mpath):
       raise UserError(f"anchor store {path!r} has no {MANIFEST}; run the embed-anchors stage "
                       "first (--config.stage=embed-anchors) or point anchors_dir at a store.")
-    with tf.io.gfile.GFile(mpath) as f:
-      manifest = json.load(f)
+    manifest = io_utils.read_json(mpath)
     if manifest.get("format") != FORMAT:
       raise UserError(f"{mpath} is not an anchor store manifest of this version "
                       f"(format {manifest.get('format')!r}, expected {FORMAT!r}).")

@@ -13,7 +13,6 @@ h_kernel + h_bias. `metadata` is a JSON string (no pickle needed to read).
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -39,10 +38,8 @@ def load(path: str) -> tuple[dict, dict]:
     raise UserError(f"mapping file {path!r} does not exist; the 'export' stage writes "
                     "<workdir>/export/mapping.npz.")
   try:
-    with tf.io.gfile.GFile(path, "rb") as f:
-      z = np.load(io.BytesIO(f.read()), allow_pickle=False)
-      meta = json.loads(str(z["metadata"]))
-      arrays = {k: z[k] for k in z.files if k != "metadata"}
+    arrays = io_utils.load_npz(path)
+    meta = json.loads(str(arrays.pop("metadata")))
   except (ValueError, KeyError, OSError, json.JSONDecodeError) as e:
     raise UserError(f"{path!r} is not a zoomshot_jax mapping file ({e}).") from e
   if meta.get("format") != FORMAT:

@@ -17,6 +17,7 @@ TensorBoard scalars (each loss term, held-out R² and agreement, samples/s).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -130,28 +131,27 @@ class Run:
     self.identity = features.encoder_identity(self.vision, self.clip)
     self.cache_dir = config.cache_dir or os.path.join(workdir, "features")
     self.export_path = os.path.join(workdir, "export", "mapping.npz")
-    self._source = None
 
-  @property
+  @functools.cached_property
   def source(self) -> data.Source:
-    if self._source is None:
-      c = self.config
-      self._source = data.get_source(c.train_dataset, c.train_split, c.data_dir or None,
-                                     c.tfds_download, c.verify_images)
-    return self._source
+    c = self.config
+    return data.get_source(c.train_dataset, c.train_split, c.data_dir or None,
+                           c.tfds_download, c.verify_images)
 
+  @functools.cached_property
   def _indices(self):
+    """(train, held-out) example indices: a permutation of the split, drawn once."""
     c = self.config
     return features.select_examples(self.source.size(), c.train_fraction,
                                     c.heldout_examples, c.seed)
 
   def num_heldout(self) -> int:
-    return len(self._indices()[1])
+    return len(self._indices[1])
 
   def parts(self) -> dict[str, data.Source]:
     """{"train": the seeded train_fraction subset, "heldout": disjoint held-out images}."""
     c = self.config
-    train_idx, held_idx = self._indices()
+    train_idx, held_idx = self._indices
     logging.info("%s/%s: %d training and %d held-out images.", c.train_dataset, c.train_split,
                  len(train_idx), len(held_idx))
     return {"train": self.source.subset(train_idx, f"{c.train_dataset} train subset"),
@@ -245,7 +245,6 @@ def _train_sgd(run, train_feats, cv, ci, class_norm, text, classes, evaluate, ho
   if c.features == "cached":
     batches = loop.CachedBatches(train_feats["vision"], train_feats["clip"], c.batch_size,
                                  c.seed, c.paired, mesh)
-    sharding.local_batch_size(c.batch_size, mesh)
     frozen = {}
     feature_fn = loop.cached_features(cv, ci)
   else:

@@ -15,8 +15,6 @@ and a cache made on 1 host is the cache made on 64.
 from __future__ import annotations
 
 import functools
-import io
-import json
 import math
 import os
 import time
@@ -79,8 +77,7 @@ def _check_manifest(directory: str, expected: dict) -> dict | None:
   path = os.path.join(directory, MANIFEST)
   if not tf.io.gfile.exists(path):
     return None
-  with tf.io.gfile.GFile(path) as f:
-    found = json.load(f)
+  found = io_utils.read_json(path)
   diffs = [f"{k}: cache has {found.get(k)!r}, config gives {v!r}"
            for k, v in expected.items() if found.get(k) != v]
   if diffs:
@@ -163,7 +160,7 @@ def extract(source: data.Source, vision: VisionEncoder, clip: CLIP, mesh, direct
     if jax.process_index() == 0:
       io_utils.atomic_save_npz(_shard_path(directory, s), **arrays)
     multihost_utils.sync_global_devices(f"extract-shard:{directory}:{s}")
-    done_examples += len(mask[mask])
+    done_examples += int(mask.sum())
     elapsed = time.time() - start
     rate = done_examples / elapsed
     remaining = sum(min(n, (t + 1) * shard_size) - t * shard_size for t in todo[k + 1:])
@@ -187,8 +184,7 @@ def load(directory: str, encoders: dict | None = None) -> dict[str, np.ndarray]:
   if not tf.io.gfile.exists(path):
     raise UserError(f"no feature cache at {directory} ({MANIFEST} missing); run the "
                     "'extract' stage first (config.stages).")
-  with tf.io.gfile.GFile(path) as f:
-    manifest = json.load(f)
+  manifest = io_utils.read_json(path)
   if not manifest.get("complete"):
     raise UserError(f"feature cache {directory} is incomplete (extraction stopped); run "
                     "the 'extract' stage again to finish it.")
@@ -204,10 +200,9 @@ def load(directory: str, encoders: dict | None = None) -> dict[str, np.ndarray]:
     if not tf.io.gfile.exists(p):
       raise UserError(f"feature cache {directory}: {os.path.basename(p)} is missing; run "
                       "the 'extract' stage again.")
-    with tf.io.gfile.GFile(p, "rb") as f:
-      z = np.load(io.BytesIO(f.read()))
-      for key in parts:
-        parts[key].append(z[key])
+    z = io_utils.load_npz(p)
+    for key in parts:
+      parts[key].append(z[key])
   out = {key: np.concatenate(v) for key, v in parts.items()}
   if len(out["vision"]) != manifest["num_examples"]:
     raise UserError(f"feature cache {directory} holds {len(out['vision'])} rows, its "
