@@ -12,7 +12,11 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["zoomshot_jax", "zoomshot_jax.*"]),
+    # configs/ ships inside the package as zoomshot_jax.configs, so that
+    # `python -m zoomshot_jax.demo` finds its config once installed.
+    packages=setuptools.find_packages(include=["zoomshot_jax", "zoomshot_jax.*"])
+    + ["zoomshot_jax.configs"],
+    package_dir={"zoomshot_jax.configs": "configs"},
     package_data={"zoomshot_jax.evaluation": ["classnames/*.json"]},
     install_requires=[
         # Tested with jax 0.10.2 / flax 0.12.8. The upper bounds guard the HF Flax
@@ -31,6 +35,7 @@ setuptools.setup(
         "absl-py>=2.0",
         "numpy>=1.26",
         "pillow>=10.0",
+        "matplotlib>=3.7",  # the demo's bar chart
     ],
     extras_require={
         "test": ["pytest>=8.0"],

@@ -146,11 +146,18 @@ def tfds_source(name: str, split: str, data_dir: str | None = None,
     # ignores slices).
     ds = _as_dataset(builder, name, f"{split}[{start}:{end}]", 0, 1,
                      decoders={"image": tfds.decode.SkipDecoding()}).take(end - start)
-    ds = ds.enumerate().filter(lambda i, ex: keep[i]).map(lambda i, ex: ex)
     image = features["image"]
-    return ds.map(lambda ex: to_example({"image": image.decode_example(ex["image"]),
-                                         "label": ex["label"]}),
-                  num_parallel_calls=tf.data.AUTOTUNE)
+
+    # Named functions, not lambdas: autograph cannot read two lambdas on one line.
+    def kept(i, ex):
+      del ex
+      return keep[i]
+
+    def decode(i, ex):
+      del i
+      return to_example({"image": image.decode_example(ex["image"]), "label": ex["label"]})
+
+    return ds.enumerate().filter(kept).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
   return Source(name=name, split=split, num_classes=int(label.num_classes),
                 label_names=names, _shard=shard, _size=size, _read=read)

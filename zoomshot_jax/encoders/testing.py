@@ -39,7 +39,7 @@ def write_byte_tokenizer(path: str, max_length: int = 77) -> int:
   return len(vocab)
 
 
-def _write_preprocessor(path: str, kind: str, image_size: int, **extra):
+def write_preprocessor(path: str, kind: str, image_size: int, **extra):
   d = {"image_processor_type": kind, "do_resize": True, "do_rescale": True,
        "rescale_factor": 1 / 255, "do_normalize": True, "resample": 3, **extra}
   d.setdefault("size", {"height": image_size, "width": image_size})
@@ -70,7 +70,7 @@ def save_tiny_clip(path: str, seed: int = 0, image_size: int = 32) -> str:
   vocab_size = write_byte_tokenizer(path)
   model = FlaxCLIPModel(tiny_clip_config(vocab_size, image_size), _do_init=False)
   model.save_pretrained(path, params=params_lib.random_params(model, seed))
-  _write_preprocessor(
+  write_preprocessor(
       path, "CLIPImageProcessor", image_size, size={"shortest_edge": image_size},
       crop_size={"height": image_size, "width": image_size}, do_center_crop=True,
       image_mean=[0.48145466, 0.4578275, 0.40821073],
@@ -106,16 +106,16 @@ def save_tiny_vision(name: str, path: str, seed: int = 0, image_size: int = 32) 
   os.makedirs(path, exist_ok=True)
   model.save_pretrained(path, params=params_lib.random_params(model, seed))
   if name in ("resnet", "regnet"):
-    _write_preprocessor(path, "ConvNextImageProcessor", image_size,
+    write_preprocessor(path, "ConvNextImageProcessor", image_size,
                         size={"shortest_edge": image_size}, crop_pct=0.875,
                         image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
   elif name == "dinov2":
-    _write_preprocessor(path, "BitImageProcessor", image_size,
+    write_preprocessor(path, "BitImageProcessor", image_size,
                         size={"shortest_edge": image_size + image_size // 7},
                         crop_size={"height": image_size, "width": image_size},
                         do_center_crop=True)
   else:
-    _write_preprocessor(path, "ViTImageProcessor", image_size)
+    write_preprocessor(path, "ViTImageProcessor", image_size)
   return path
 
 

@@ -2,6 +2,7 @@
 
 PROGRAMS = {
     "asif": "zoomshot_jax.programs.asif",
+    "demo": "zoomshot_jax.demo.run",
     "zeroshot_eval": "zoomshot_jax.programs.zeroshot_eval",
     "zoomshot": "zoomshot_jax.programs.zoomshot",
 }

@@ -1,0 +1,1 @@
+"""Configs of the programs (`--config=configs/<name>.py:<words>`); installed as zoomshot_jax.configs."""

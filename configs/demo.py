@@ -1,0 +1,89 @@
+r"""The demo world: a zero-download, end-to-end run of the whole method.
+
+  python -m zoomshot_jax.demo --workdir=/tmp/zoomshot_demo
+  python -m zoomshot_jax.demo --workdir=/tmp/zs_micro \
+      --config=configs/demo.py:micro --config.world.renderer=photo
+
+Words (comma-separated, at most one of each kind):
+  scale:    full (default: 74k images, about 8 minutes on 2 CPU cores the first
+            time) | micro (a few hundred images and a few steps: the chain the
+            test suite runs; its accuracies mean nothing)
+  renderer: clean (default) | photo (textured, noisy, shaded images)
+Every field can be overridden on the command line.
+"""
+
+import ml_collections
+
+SCALES = ("full", "micro")
+RENDERERS = ("clean", "photo")
+
+# Prompt templates. Both sets are phrasings of the world's captions (so the
+# tiny CLIP knows every word), and they are disjoint: the maps are trained
+# with the first set and evaluated with the second, which they never saw.
+MAP_TEMPLATES = ("a {}", "a photo of a {}", "a {} on a dark background",
+                 "a {} on a light background")
+EVAL_TEMPLATES = ("a picture of a {}", "there is a {} in the picture", "a drawing of a {}")
+
+
+def get_config(arg=None):
+  words = [w for w in (arg or "").split(",") if w]
+  unknown = [w for w in words if w not in SCALES + RENDERERS]
+  if unknown or sum(w in SCALES for w in words) > 1 or sum(w in RENDERERS for w in words) > 1:
+    raise ValueError(f"configs/demo.py: bad variant words {words}; use at most one scale "
+                     f"{SCALES} and one renderer {RENDERERS}.")
+  micro = "micro" in words
+
+  config = ml_collections.ConfigDict()
+  config.program = "demo"
+  config.seed = 0
+
+  # The world (zoomshot_jax/world): a tfds dataset generated into data_dir.
+  config.world = ml_collections.ConfigDict({
+      "renderer": next((w for w in words if w in RENDERERS), "clean"),
+      "seed": 0,
+      "scale": "micro" if micro else "full",
+      "data_dir": "",            # "" = <workdir>/tfds
+  })
+
+  # The tiny CLIP: ViT image tower, word-level text tower, trained
+  # contrastively on the clip_train split's captions.
+  config.clip = ml_collections.ConfigDict({
+      "steps": 1200, "batch_size": 128, "learning_rate": 1e-3, "warmup_steps": 100,
+      "weight_decay": 0.05, "seed": 0, "log_every": 100, "checkpoint_every": 200,
+      "width": 96, "layers": 3, "heads": 4, "patch_size": 8,
+      "text_width": 64, "text_layers": 2, "max_length": 16, "projection_dim": 64,
+  })
+  # The tiny vision encoder (ResNet), trained without text on which shapes
+  # and which colours an image contains (multi-label).
+  config.vision = ml_collections.ConfigDict({
+      "steps": 600, "batch_size": 128, "learning_rate": 2e-3, "warmup_steps": 50,
+      "weight_decay": 1e-4, "seed": 1, "log_every": 100, "checkpoint_every": 200,
+      "widths": [32, 64, 128], "depths": [1, 1, 1],
+  })
+
+  # The maps: the Zoom-shot binary's fields (configs/zoomshot.py) that the
+  # demo sets; the rest are that config's defaults.
+  config.maps = ml_collections.ConfigDict({
+      "train_fraction": 0.9,       # of the map_train split; the rest is held out
+      "epochs": 1,                 # the paper's single epoch
+      "batch_size": 128,
+      "learning_rate": 1e-3,
+      "text_to_concept_solver": "closed_form",  # T2C's exact optimum (or "sgd")
+  })
+  config.map_templates = list(MAP_TEMPLATES)
+  config.eval_templates = list(EVAL_TEMPLATES)
+
+  # ASIF: the vision encoder's and CLIP's text tower's embeddings of captioned
+  # clip_train images as anchors.
+  config.asif = ml_collections.ConfigDict({"anchors": 20_000, "k": 400, "p": 8})
+
+  config.batch_size = 256          # feature extraction and evaluation
+  config.mesh = [("data", -1)]
+
+  if micro:
+    config.clip.update(steps=12, batch_size=32, log_every=4, checkpoint_every=4)
+    config.vision.update(steps=8, batch_size=32, log_every=4, checkpoint_every=4)
+    config.maps.update(batch_size=32)
+    config.asif.update(anchors=256, k=32)
+    config.batch_size = 64
+  return config

@@ -1,0 +1,225 @@
+"""The demo's stages: world -> two models -> maps -> zero-shot table.
+
+Workdir layout:
+  tfds/                      the generated world (tfds cache; data_dir)
+  models/clip-<hash>/        the tiny CLIP (save_pretrained; cached by config)
+  models/vision-<hash>/      the tiny ResNet
+  pretrain/<model>-<hash>/   their Orbax checkpoints and TensorBoard logs
+  maps/<method>/             Zoom-shot and Text-to-Concept runs of the
+                             Zoom-shot binary (features shared in maps/features)
+  prompts/                   class names and the two template sets
+  results.json, results.png  the table and its bar chart
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+
+from zoomshot_jax import encoders, evaluation, io_utils, sharding, world
+from zoomshot_jax.asif import Asif
+from zoomshot_jax.configs import zoomshot as zoomshot_config
+from zoomshot_jax.demo import pretrain, report
+from zoomshot_jax.evaluation.classifier import encode_texts
+from zoomshot_jax.programs import zoomshot
+from zoomshot_jax.world import render
+
+
+def _hash(*parts) -> str:
+  text = json.dumps(parts, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+class _Stage:
+  """Logs a stage's start and its wall time."""
+
+  def __init__(self, name: str, timings: dict):
+    self.name, self.timings = name, timings
+
+  def __enter__(self):
+    logging.info("== %s", self.name)
+    self.t0 = time.time()
+
+  def __exit__(self, *exc):
+    self.timings[self.name] = round(time.time() - self.t0, 1)
+    if exc[0] is None:
+      logging.info("== %s: done in %.1fs", self.name, self.timings[self.name])
+
+
+def load_split(builder, split: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+  """A whole split of the world in memory: {"image", "captions", "objects/..."}."""
+  num_captions = 3
+
+  def flat(ex):
+    out = {}
+    if "image" in keys:
+      out["image"] = ex["image"]
+    if "captions" in keys:
+      # Fixed width: pad with "" (never sampled) so splits batch densely.
+      caps = ex["captions"][:num_captions]
+      out["captions"] = tf.concat(
+          [caps, tf.fill([num_captions - tf.shape(caps)[0]], "")], 0)
+    if "objects" in keys:
+      n = len(render.SHAPES)
+      out["shapes"] = tf.reduce_max(tf.one_hot(ex["objects"]["shape"], n), 0)
+      out["colours"] = tf.reduce_max(tf.one_hot(ex["objects"]["colour"], len(render.COLOURS)),
+                                     0)
+    if "label" in keys:
+      out["label"] = ex["label"]
+    return out
+
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  ds = ds.map(flat, num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
+  parts = list(tfds.as_numpy(ds))
+  arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  if "captions" in arrays:
+    arrays["captions"] = arrays["captions"].astype(str)
+  return arrays
+
+
+def _write_prompts(workdir: str, config) -> dict[str, str]:
+  d = os.path.join(workdir, "prompts")
+  files = {"classnames": os.path.join(d, "classnames.json"),
+           "map_templates": os.path.join(d, "map_templates.json"),
+           "eval_templates": os.path.join(d, "eval_templates.json")}
+  io_utils.atomic_write_json(files["classnames"], render.class_names())
+  io_utils.atomic_write_json(files["map_templates"], list(config.map_templates))
+  io_utils.atomic_write_json(files["eval_templates"], list(config.eval_templates))
+  return files
+
+
+def map_config(config, method: str, dataset: str, data_dir: str, clip_dir: str,
+               vision_dir: str, prompts: dict[str, str], cache_dir: str):
+  """The Zoom-shot binary's config for one method on the world."""
+  c = zoomshot_config.get_config()
+  m = config.maps
+  c.method = method
+  c.seed = config.seed
+  c.clip = clip_dir
+  c.vision.update({"name": "resnet", "checkpoint": vision_dir, "pooling": "pooler"})
+  c.train_dataset, c.train_split, c.data_dir = dataset, "map_train", data_dir
+  c.train_fraction = m.train_fraction
+  c.heldout_examples = 1_000_000  # all of map_train that is not trained on
+  c.cache_dir = cache_dir
+  c.feature_dtype = "float32"
+  c.extract_batch_size = c.batch_size = c.eval.batch_size = config.batch_size
+  c.batch_size = m.batch_size
+  c.epochs = m.epochs
+  c.optimizer.learning_rate = m.learning_rate
+  c.prompts.classnames_file = prompts["classnames"]
+  c.prompts.templates_file = prompts["map_templates"]
+  c.text_batch_size = min(c.text_batch_size, len(render.class_names()) *
+                          len(config.map_templates))
+  c.log_every, c.eval_every, c.checkpoint_every = 20, 1_000_000, 1_000_000
+  c.eval.update({"datasets": dataset, "split": "test", "cache_dir": "none",
+                 "classnames_file": prompts["classnames"],
+                 "templates_file": prompts["eval_templates"]})
+  if method == "text_to_concept":
+    c.loss = ml_collections.ConfigDict({"mse": 1.0})
+    c.solver = m.text_to_concept_solver
+  c.mesh = config.mesh
+  return c
+
+
+def _models(config, workdir: str, builder, world_name: str, mesh, timings) -> tuple[str, str]:
+  """(CLIP dir, vision dir), trained unless a finished one with this config exists."""
+  out = {}
+  for name, cfg in (("clip", config.clip), ("vision", config.vision)):
+    key = _hash(world_name, cfg.to_dict())
+    path = os.path.join(workdir, "models", f"{name}-{key}")
+    out[name] = path
+    if os.path.exists(os.path.join(path, "config.json")):
+      logging.info("Using the trained %s in %s.", name, path)
+      continue
+    with _Stage(f"train {name}", timings):
+      tmp_dir = os.path.join(workdir, "pretrain", f"{name}-{key}")
+      if name == "clip":
+        d = load_split(builder, "clip_train", ("image", "captions"))
+        pretrain.train_clip(cfg, d["image"], d["captions"], render.vocabulary(), path,
+                            tmp_dir, mesh)
+      else:
+        d = load_split(builder, "vision_train", ("image", "objects"))
+        targets = np.concatenate([d["shapes"], d["colours"]], axis=1)
+        pretrain.train_vision(cfg, d["image"], targets, path, tmp_dir, mesh)
+  return out["clip"], out["vision"]
+
+
+def _asif_row(config, builder, clip_dir, vision_dir, mesh, prompts) -> dict:
+  """ASIF with the vision encoder's images and CLIP's text tower as the two spaces."""
+  clip = encoders.load_clip(clip_dir)
+  vision = encoders.load_vision_encoder("resnet", vision_dir, "pooler")
+  anchors = load_split(builder, f"clip_train[:{config.asif.anchors}]", ("image", "captions"))
+  test = load_split(builder, "test", ("image", "label"))
+  embed = jax.jit(vision.image_features)
+  bs = config.batch_size
+
+  def images(x):
+    return np.concatenate([np.asarray(embed(vision.variables, x[i:i + bs]))
+                           for i in range(0, len(x), bs)])
+
+  captions = [c[0] for c in anchors["captions"]]  # each anchor's first phrasing
+  model = Asif(images(anchors["image"]), encode_texts(clip, captions, bs), captions,
+               k=min(config.asif.k, len(captions)), p=config.asif.p, mesh=mesh)
+  names = io_utils.read_json(prompts["classnames"])
+  templates = io_utils.read_json(prompts["eval_templates"])
+  texts = evaluation.Prompts(tuple(names), tuple(templates), "demo").texts()
+  scores = model.classify(images(test["image"]), encode_texts(clip, texts, bs),
+                          num_templates=len(templates))
+  top5 = np.argsort(-scores, axis=1)[:, :5]
+  labels = test["label"]
+  return {"top1": float(100 * np.mean(top5[:, 0] == labels)),
+          "top5": float(100 * np.mean((top5 == labels[:, None]).any(1))),
+          "num_examples": int(len(labels))}
+
+
+def run(config, workdir: str) -> dict:
+  """Every stage; returns results.json's content."""
+  timings: dict[str, float] = {}
+  t0 = time.time()
+  mesh = sharding.make_mesh(config.mesh)
+  w = config.world
+  world_name = world.config_name(w.renderer, w.seed, micro=w.scale == "micro")
+  dataset = f"shapes_world/{world_name}"
+  data_dir = w.data_dir or os.path.join(workdir, "tfds")
+  with _Stage("world", timings):
+    builder = world.prepare(world_name, data_dir)
+  clip_dir, vision_dir = _models(config, workdir, builder, world_name, mesh, timings)
+  prompts = _write_prompts(workdir, config)
+
+  results = {}
+  cache_dir = os.path.join(workdir, "maps", "features")
+  for method in ("text_to_concept", "zoomshot"):
+    with _Stage(f"maps: {method}", timings):
+      c = map_config(config, method, dataset, data_dir, clip_dir, vision_dir, prompts,
+                     cache_dir)
+      c.eval.clip_reference = method == "zoomshot"
+      out = zoomshot.run(c, os.path.join(workdir, "maps", method))
+      results.update({k: v[dataset] for k, v in out["results"].items()})
+      results[method]["heldout"] = out["export"]["heldout"]
+  with _Stage("asif", timings):
+    results["asif"] = _asif_row(config, builder, clip_dir, vision_dir, mesh, prompts)
+
+  summary = {
+      "world": {"dataset": dataset, "data_dir": data_dir,
+                "splits": {s: int(builder.info.splits[s].num_examples)
+                           for s in builder.info.splits}},
+      "models": {"clip": clip_dir, "vision": vision_dir},
+      "num_classes": len(render.class_names()),
+      "chance": {"top1": 100 / len(render.class_names()),
+                 "top5": 500 / len(render.class_names())},
+      "results": results,
+      "prompts": {"maps": list(config.map_templates), "eval": list(config.eval_templates)},
+      "timings_s": {**timings, "total": round(time.time() - t0, 1)},
+  }
+  if jax.process_index() == 0:
+    report.write(workdir, summary)
+  return summary

@@ -1,0 +1,10 @@
+"""The demo world: procedural shapes, and its tfds dataset `shapes_world`.
+
+Importing this package registers `shapes_world` with tfds.
+"""
+
+from zoomshot_jax.world import render
+from zoomshot_jax.world.builder import (SPLIT_SIZES, ShapesWorld, ShapesWorldConfig, config_name,
+                                        prepare)
+
+__all__ = ["render", "ShapesWorld", "ShapesWorldConfig", "config_name", "prepare", "SPLIT_SIZES"]
