@@ -92,8 +92,10 @@ def test_default_config_is_the_packaged_demo_config():
   assert with_default_config(argv) == argv
 
 
-def test_bad_demo_input_is_one_line(tmp_path):
-  proc = procs.launch(MICRO, str(tmp_path), {"world.renderer": "sepia"}, module="zoomshot_jax.demo")
+@pytest.mark.parametrize("field,value", [("world.renderer", "sepia"), ("world.scale", "huge")])
+def test_bad_demo_input_is_one_line(tmp_path, field, value):
+  proc = procs.launch(MICRO, str(tmp_path), {field: value}, module="zoomshot_jax.demo")
   code, _, err = procs.wait(proc)
   assert code == 2
-  assert "sepia" in err and "Traceback" not in err
+  assert value in err and "Traceback" not in err
+  assert not os.path.exists(os.path.join(tmp_path, "results.json"))

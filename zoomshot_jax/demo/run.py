@@ -29,6 +29,7 @@ from zoomshot_jax import encoders, evaluation, io_utils, sharding, world
 from zoomshot_jax.asif import Asif
 from zoomshot_jax.configs import zoomshot as zoomshot_config
 from zoomshot_jax.demo import pretrain, report
+from zoomshot_jax.errors import UserError
 from zoomshot_jax.evaluation.classifier import encode_texts
 from zoomshot_jax.programs import zoomshot
 from zoomshot_jax.world import render
@@ -187,6 +188,9 @@ def run(config, workdir: str) -> dict:
   t0 = time.time()
   mesh = sharding.make_mesh(config.mesh)
   w = config.world
+  if w.scale not in world.SPLIT_SIZES:
+    raise UserError(f"config.world.scale={w.scale!r}: expected one of "
+                    f"{sorted(world.SPLIT_SIZES)}.")
   world_name = world.config_name(w.renderer, w.seed, micro=w.scale == "micro")
   dataset = f"shapes_world/{world_name}"
   data_dir = w.data_dir or os.path.join(workdir, "tfds")
