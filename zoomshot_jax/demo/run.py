@@ -27,6 +27,7 @@ from absl import logging
 
 from zoomshot_jax import encoders, evaluation, io_utils, sharding, world
 from zoomshot_jax.asif import Asif
+from zoomshot_jax.asif.evaluate import metrics as asif_metrics
 from zoomshot_jax.configs import zoomshot as zoomshot_config
 from zoomshot_jax.demo import pretrain, report
 from zoomshot_jax.errors import UserError
@@ -112,7 +113,7 @@ def map_config(config, method: str, dataset: str, data_dir: str, clip_dir: str,
   c.heldout_examples = 1_000_000  # all of map_train that is not trained on
   c.cache_dir = cache_dir
   c.feature_dtype = "float32"
-  c.extract_batch_size = c.batch_size = c.eval.batch_size = config.batch_size
+  c.extract_batch_size = c.eval.batch_size = config.batch_size
   c.batch_size = m.batch_size
   c.epochs = m.epochs
   c.optimizer.learning_rate = m.learning_rate
@@ -154,7 +155,7 @@ def _models(config, workdir: str, builder, world_name: str, mesh, timings) -> tu
   return out["clip"], out["vision"]
 
 
-def _asif_row(config, builder, clip_dir, vision_dir, mesh, prompts) -> dict:
+def _asif_row(config, builder, clip_dir, vision_dir, mesh) -> dict:
   """ASIF with the vision encoder's images and CLIP's text tower as the two spaces."""
   clip = encoders.load_clip(clip_dir)
   vision = encoders.load_vision_encoder("resnet", vision_dir, "pooler")
@@ -170,16 +171,11 @@ def _asif_row(config, builder, clip_dir, vision_dir, mesh, prompts) -> dict:
   captions = [c[0] for c in anchors["captions"]]  # each anchor's first phrasing
   model = Asif(images(anchors["image"]), encode_texts(clip, captions, bs), captions,
                k=min(config.asif.k, len(captions)), p=config.asif.p, mesh=mesh)
-  names = io_utils.read_json(prompts["classnames"])
-  templates = io_utils.read_json(prompts["eval_templates"])
-  texts = evaluation.Prompts(tuple(names), tuple(templates), "demo").texts()
+  templates = tuple(config.eval_templates)
+  texts = evaluation.Prompts(tuple(render.class_names()), templates, "demo").texts()
   scores = model.classify(images(test["image"]), encode_texts(clip, texts, bs),
                           num_templates=len(templates))
-  top5 = np.argsort(-scores, axis=1)[:, :5]
-  labels = test["label"]
-  return {"top1": float(100 * np.mean(top5[:, 0] == labels)),
-          "top5": float(100 * np.mean((top5 == labels[:, None]).any(1))),
-          "num_examples": int(len(labels))}
+  return asif_metrics(scores, test["label"])
 
 
 def run(config, workdir: str) -> dict:
@@ -210,7 +206,7 @@ def run(config, workdir: str) -> dict:
       results.update({k: v[dataset] for k, v in out["results"].items()})
       results[method]["heldout"] = out["export"]["heldout"]
   with _Stage("asif", timings):
-    results["asif"] = _asif_row(config, builder, clip_dir, vision_dir, mesh, prompts)
+    results["asif"] = _asif_row(config, builder, clip_dir, vision_dir, mesh)
 
   summary = {
       "world": {"dataset": dataset, "data_dir": data_dir,
