@@ -5,27 +5,33 @@ encoder and image–caption anchor pairs, with no training (METHODS.md §3).
       --config.anchors.source='tfrecord:/data/cc12m/*.tfrecord' \
       --config.data_dir=/data/tensorflow_datasets
 
-The argument is comma-separated words:
-  paper      (default) the paper's setting: the first 1.6M CC12M pairs (from
-             img2dataset TFRecords: "jpg" and "txt"), a supervised ViT-B/16
-             (ImageNet-21k), a sentence encoder, k = 800, p = 8, ImageNet /
-             CIFAR-100 / Pets with the reference implementation's templates
-  coco       anchors from tfds coco_captions (train, the first caption per image)
-  clip_text  CLIP ViT-B/32's text tower as the text encoder (for comparison)
-  tiny       small steps for tests and laptops (the encoders must be given)
+The argument is comma-separated words, at most one of each kind:
+  setting:
+    paper      (default) the paper's setting: the first 1.6M CC12M pairs (from
+               img2dataset TFRecords: "jpg" and "txt"), a supervised ViT-B/16
+               (ImageNet-21k), a sentence encoder, k = 800, p = 8, ImageNet /
+               CIFAR-100 / Pets with the reference implementation's templates
+    coco       the same with anchors from tfds coco_captions (train, the first
+               caption per image)
+    tiny       small steps for tests and laptops (the anchors and the encoders
+               must be given)
+  text:
+    clip_text  CLIP ViT-B/32's text tower as the text encoder (for comparison)
 Any field can be overridden on the command line; a misspelt field is an error.
 """
 
 import ml_collections
 
-WORDS = ("paper", "coco", "clip_text", "tiny")
+from zoomshot_jax.configs import common
+
+# tiny is a setting, not a size on top of one: it leaves the anchors to the
+# command line, so `coco,tiny` would quietly drop coco.
+KINDS = {"setting": ("paper", "coco", "tiny"), "text": ("clip_text",)}
 
 
 def get_config(arg=None):
-  words = [w for w in (arg or "paper").split(",") if w]
-  unknown = [w for w in words if w not in WORDS]
-  if unknown:
-    raise ValueError(f"configs/asif.py: unknown variant words {unknown}; use {list(WORDS)}.")
+  words = common.parse_words(arg, KINDS, "configs/asif.py")
+  setting = words.get("setting", "paper")
   config = ml_collections.ConfigDict()
   config.program = "asif"
   config.stage = "embed-anchors,evaluate"   # one or both, run in this order
@@ -80,14 +86,14 @@ def get_config(arg=None):
   config.explain = 0                         # explain the first N predictions per dataset
   config.mesh = [("data", -1)]
 
-  if "coco" in words:
+  if setting == "coco":
     config.anchors.source = "tfds:coco_captions"
     config.anchors.max_anchors = 0
-  if "clip_text" in words:
+  if words.get("text") == "clip_text":
     config.text_encoder.name = "clip"
-    config.text_encoder.checkpoint = "openai/clip-vit-base-patch32"
+    config.text_encoder.checkpoint = common.CLIPS["b32"]
     config.text_encoder.pooling = "default"
-  if "tiny" in words:
+  if setting == "tiny":
     config.anchors.source = ""
     config.anchors.image_key, config.anchors.caption_key = "image", "caption"
     config.anchors.max_anchors = 0

@@ -14,8 +14,11 @@ Every field can be overridden on the command line.
 
 import ml_collections
 
+from zoomshot_jax.configs import common
+
 SCALES = ("full", "micro")
-RENDERERS = ("clean", "photo")
+RENDERERS = ("clean", "photo")   # world/render.py's (not imported: a config stays light)
+KINDS = {"scale": SCALES, "renderer": RENDERERS}
 
 # Prompt templates. Both sets are phrasings of the world's captions (so the
 # tiny CLIP knows every word), and they are disjoint: the maps are trained
@@ -26,12 +29,8 @@ EVAL_TEMPLATES = ("a picture of a {}", "there is a {} in the picture", "a drawin
 
 
 def get_config(arg=None):
-  words = [w for w in (arg or "").split(",") if w]
-  unknown = [w for w in words if w not in SCALES + RENDERERS]
-  if unknown or sum(w in SCALES for w in words) > 1 or sum(w in RENDERERS for w in words) > 1:
-    raise ValueError(f"configs/demo.py: bad variant words {words}; use at most one scale "
-                     f"{SCALES} and one renderer {RENDERERS}.")
-  micro = "micro" in words
+  words = common.parse_words(arg, KINDS, "configs/demo.py")
+  micro = words.get("scale") == "micro"
 
   config = ml_collections.ConfigDict()
   config.program = "demo"
@@ -39,7 +38,7 @@ def get_config(arg=None):
 
   # The world (zoomshot_jax/world): a tfds dataset generated into data_dir.
   config.world = ml_collections.ConfigDict({
-      "renderer": next((w for w in words if w in RENDERERS), "clean"),
+      "renderer": words.get("renderer", "clean"),
       "seed": 0,
       "scale": "micro" if micro else "full",
       "data_dir": "",            # "" = <workdir>/tfds

@@ -24,6 +24,11 @@ measured in our subprocess) that our similarity stage reaches: its FLOPs
   python launch/bench_asif.py                         # the issue's size, CPU
   python launch/bench_asif.py --anchors=20000 --queries=1000   # quick
   python launch/bench_asif.py --anchors=1600000 --torch=false  # paper scale
+  python launch/bench_asif.py --anchors=1600000 --queries=50000 --layouts=anchors \
+      --data_threads=16 --json_out=/tmp/asif.json                # on a GPU
+
+On a GPU the PyTorch baseline runs on CUDA (its 8 GB budget); without torch it
+is skipped. A run that fails or outlasts --time_limit is reported, the rest go on.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import time
 
 from absl import app, flags
 
-from bench_util import available_cores  # launch/, beside this script
+from bench_util import available_cores, have, write_json  # launch/, beside this script
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -57,7 +62,14 @@ flags.DEFINE_list("layouts", ["anchors", "queries"],
                   "Our device layouts to time: 'anchors' (all devices split the anchors, "
                   "the default config.mesh) and/or 'queries' (all devices split the query "
                   "rows, anchors replicated: config.mesh=[('queries', -1)]).")
-flags.DEFINE_bool("torch", True, "Run the PyTorch baseline.")
+flags.DEFINE_bool("torch", True, "Run the PyTorch baseline (skipped if torch is missing).")
+flags.DEFINE_enum("torch_device", "auto", ["auto", "cpu", "cuda"],
+                  "Where the PyTorch baseline runs; auto: cuda if torch sees a GPU.")
+flags.DEFINE_integer("data_threads", 1,
+                     "Threads generating the anchors. 1: the exact data of the README's "
+                     "figures; more: other (equally distributed) numbers, faster at 1M+.")
+flags.DEFINE_integer("time_limit", 0, "Seconds for all runs (0: none); then a run is stopped.")
+flags.DEFINE_string("json_out", "", "Also write the figures as JSON here (after each run).")
 flags.DEFINE_integer("seed", 0, "Data seed.")
 flags.DEFINE_string("impl", "", "Internal: run one implementation in this process.")
 flags.DEFINE_string("data", "", "Internal: the directory holding the data.")
@@ -78,11 +90,16 @@ def make_data(path: str) -> None:
   ct = rng.standard_normal((c, FLAGS.dim_text), np.float32)
   a_cls = rng.integers(0, c, FLAGS.anchors)
   q_cls = rng.integers(0, c, FLAGS.queries)
+  if FLAGS.data_threads > 1:
+    anchors = threaded_anchors(a_cls, ci, ct, unit)
+  else:
+    anchors = {
+        "anchors_image": unit(ci[a_cls] + 1.5 * rng.standard_normal(
+            (FLAGS.anchors, FLAGS.dim_image), np.float32)),
+        "anchors_text": unit(ct[a_cls] + 1.5 * rng.standard_normal(
+            (FLAGS.anchors, FLAGS.dim_text), np.float32))}
   arrays = {
-      "anchors_image": unit(ci[a_cls] + 1.5 * rng.standard_normal(
-          (FLAGS.anchors, FLAGS.dim_image), np.float32)),
-      "anchors_text": unit(ct[a_cls] + 1.5 * rng.standard_normal(
-          (FLAGS.anchors, FLAGS.dim_text), np.float32)),
+      **anchors,
       "queries": unit(ci[q_cls] + 1.5 * rng.standard_normal(
           (FLAGS.queries, FLAGS.dim_image), np.float32)),
       # prompt (class m, template t) = class centre + template offset + noise, class-major
@@ -93,6 +110,31 @@ def make_data(path: str) -> None:
   }
   for name, x in arrays.items():
     np.save(os.path.join(path, name + ".npy"), x)
+
+
+def threaded_anchors(a_cls, ci, ct, unit) -> dict:
+  """The anchors of `make_data` in row chunks on --data_threads threads.
+
+  Each chunk draws from its own generator (SeedSequence(seed).spawn), so the
+  numbers differ from the one-thread stream but follow the same distribution.
+  """
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  n, rows = len(a_cls), 1 << 16
+  out = [np.empty((n, centres.shape[1]), np.float32) for centres in (ci, ct)]
+  seeds = np.random.SeedSequence([FLAGS.seed, 1]).spawn(2 * (-(-n // rows)))
+
+  def fill(i):
+    lo, centres = (i // 2) * rows, (ci, ct)[i % 2]
+    cls = a_cls[lo:lo + rows]
+    noise = np.random.default_rng(seeds[i]).standard_normal(
+        (len(cls), centres.shape[1]), np.float32)
+    out[i % 2][lo:lo + rows] = unit(centres[cls] + 1.5 * noise)
+
+  with concurrent.futures.ThreadPoolExecutor(FLAGS.data_threads) as pool:
+    list(pool.map(fill, range(len(seeds))))
+  return {"anchors_image": out[0], "anchors_text": out[1]}
 
 
 def peak_rss_mib() -> float:
@@ -117,9 +159,11 @@ def matmul_peak_gflops() -> float:
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   best = 0.0
-  for n in (2048, 4096):
+  # An accelerator needs a larger product to reach its rate. HIGHEST, as the
+  # search's dots (no TF32 on a GPU; the same as the default on a CPU).
+  for n in (2048, 4096) if jax.default_backend() == "cpu" else (4096, 8192):
     a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
-    f = jax.jit(lambda x: x @ x)
+    f = jax.jit(lambda x: jnp.dot(x, x, precision=jax.lax.Precision.HIGHEST))
     f(a).block_until_ready()
     for _ in range(3):
       t = time.perf_counter()
@@ -158,10 +202,17 @@ def run_ours(d) -> dict:
   # The first run pays the compilations (all of them: a fresh process); the
   # second, of new Searcher/Scorer objects on the same shapes, reuses them.
   times, pred = pipeline()
+  devices = (f"{jax.device_count()} x {jax.devices()[0].device_kind}, "
+             f"mesh {dict(mesh.shape)}")
+  # Kept if the warm pass does not finish in --time_limit.
+  write_json(os.path.join(FLAGS.data, FLAGS.impl + ".partial.json"),
+             {"times": dict(times), "devices": devices, "peak_rss_mib": peak_rss_mib()})
   times["warm total"] = pipeline()[0]["total"]
-  return {"times": times, "pred": pred.tolist(),
-          "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}, "
-                     f"mesh {dict(mesh.shape)}"}
+  out = {"times": times, "pred": pred.tolist(), "devices": devices}
+  stats = jax.default_backend() != "cpu" and jax.devices()[0].memory_stats()
+  if stats and "peak_bytes_in_use" in stats:
+    out["peak_device_mib"] = stats["peak_bytes_in_use"] / 2 ** 20
+  return out
 
 
 def run_torch(d) -> dict:
@@ -169,14 +220,20 @@ def run_torch(d) -> dict:
 
   torch.set_num_threads(available_cores())
   k, p, dic = FLAGS.k, FLAGS.p, 100_000
+  dev = FLAGS.torch_device
+  if dev == "auto":
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+  budget = (8 if dev == "cuda" else 2) * 1024 ** 3
+
+  sync = torch.cuda.synchronize if dev == "cuda" else lambda: None
 
   def relrep(y, a):
     """Top-k over anchor chunks of `dic`, queries in chunks whose similarity
     block stays under a memory budget (the reference's 8 GB GPU budget; 2 GB
-    of host memory here)."""
-    qc = max(1, min(len(y), int(2 * 1024 ** 3 / 4 / min(dic, len(a)))))
-    vals = torch.empty((len(y), k))
-    idx = torch.empty((len(y), k), dtype=torch.long)
+    of host memory on a CPU)."""
+    qc = max(1, min(len(y), int(budget / 4 / min(dic, len(a)))))
+    vals = torch.empty((len(y), k), device=dev)
+    idx = torch.empty((len(y), k), dtype=torch.long, device=dev)
     for lo in range(0, len(a), dic):
       for q in range(0, len(y), qc):
         s = torch.einsum("ik,jk->ij", y[q:q + qc], a[lo:lo + dic])
@@ -188,30 +245,37 @@ def run_torch(d) -> dict:
     return vals, idx
 
   def sparse(idx, vals, n):
-    rows = torch.arange(idx.shape[0]).repeat_interleave(idx.shape[1])
+    rows = torch.arange(idx.shape[0], device=dev).repeat_interleave(idx.shape[1])
     return torch.sparse_coo_tensor(torch.stack([rows, idx.reshape(-1)]), vals.reshape(-1),
                                    (idx.shape[0], n))
 
-  t = {k_: torch.from_numpy(v) for k_, v in d.items()}
-  n = t["anchors_image"].shape[0]
+  n = d["anchors_image"].shape[0]
   times = {}
   with torch.inference_mode():
     t0 = time.perf_counter()
+    # The copy to the device is timed, as ours times its own.
+    t = {k_: torch.from_numpy(v).to(dev) for k_, v in d.items()}
     vi, ii = relrep(t["queries"], t["anchors_image"])
+    sync()
     times["search images"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     vt, it = relrep(t["prompts"], t["anchors_text"])
+    sync()
     times["search prompts"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     wt = vt ** p
     wt = wt / wt.norm(dim=1, keepdim=True)
     sims = torch.sparse.mm(sparse(ii, vi ** p, n), sparse(it, wt, n).t()).to_dense()
-    pred = (sims.argmax(dim=1) // FLAGS.templates).numpy()
+    pred = (sims.argmax(dim=1) // FLAGS.templates).cpu().numpy()
     times["score"] = time.perf_counter() - t1
     times["total"] = time.perf_counter() - t0
   times["warm total"] = times["total"]  # nothing to compile
-  return {"times": times, "pred": pred.tolist(),
-          "devices": f"torch {torch.__version__}, {torch.get_num_threads()} threads"}
+  where = (torch.cuda.get_device_name() if dev == "cuda"
+           else f"{torch.get_num_threads()} threads")
+  out = {"times": times, "pred": pred.tolist(), "devices": f"torch {torch.__version__}, {where}"}
+  if dev == "cuda":
+    out["peak_device_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
+  return out
 
 
 def child() -> None:
@@ -224,18 +288,32 @@ def child() -> None:
   print("RESULT " + json.dumps(out), flush=True)
 
 
-def launch(impl: str, data: str) -> dict:
+def launch(impl: str, data: str, deadline: float | None) -> dict:
+  """Runs one implementation in a child process; {"error": ...} if it fails."""
   env = dict(os.environ)
   if impl.startswith("ours") or impl == "peak":
     devices = FLAGS.devices or available_cores()
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                         f" --xla_force_host_platform_device_count={devices}").strip()
   args = [a for a in sys.argv[1:] if not a.startswith(("--impl", "--data"))]
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--impl={impl}",
-                         f"--data={data}"] + args, env=env, capture_output=True, text=True)
+  try:
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--impl={impl}",
+                           f"--data={data}"] + args, env=env, capture_output=True, text=True,
+                          timeout=None if deadline is None else
+                          max(1.0, deadline - time.monotonic()))
+  except subprocess.TimeoutExpired:
+    out = {"error": f"timeout (--time_limit={FLAGS.time_limit} s)"}
+    partial = os.path.join(data, impl + ".partial.json")
+    if os.path.exists(partial):  # our cold pass finished, the warm one did not
+      with open(partial) as f:
+        out.update(json.load(f))
+    print(f"{impl}: {out['error']}", flush=True)
+    return out
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-  if proc.returncode or not line:  # pragma: no cover
-    raise RuntimeError(f"{impl} failed:\n{proc.stderr[-3000:]}")
+  if proc.returncode or not line:
+    print(f"{impl} failed:\n{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
+    last = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+    return {"error": f"failed (rc {proc.returncode}): {last}"}
   return json.loads(line[0][7:])
 
 
@@ -246,6 +324,7 @@ def main(argv):
     return child()
   import numpy as np  # pylint: disable=g-import-not-at-top
 
+  deadline = time.monotonic() + FLAGS.time_limit if FLAGS.time_limit else None
   n, q, pr = FLAGS.anchors, FLAGS.queries, FLAGS.classes * FLAGS.templates
   flops = 2.0 * n * (q * FLAGS.dim_image + pr * FLAGS.dim_text)
   print(f"ASIF pipeline: N={n} anchors ({FLAGS.dim_image}-d image, {FLAGS.dim_text}-d text), "
@@ -253,40 +332,67 @@ def main(argv):
         f"k={FLAGS.k}, p={FLAGS.p}; similarity stage {flops / 1e12:.2f} TFLOP")
   print(f"host: {available_cores()} usable cores; load average {os.getloadavg()[0]:.2f}",
         flush=True)
+  torch_note = None if have("torch") else "torch is not installed: ours only"
+  if FLAGS.torch and torch_note:
+    print(f"PyTorch baseline: skipped, {torch_note}.")
+  summary = {"anchors": n, "queries": q, "classes": FLAGS.classes, "templates": FLAGS.templates,
+             "k": FLAGS.k, "p": FLAGS.p, "similarity_tflop": flops / 1e12, "data_threads":
+             FLAGS.data_threads, "torch_note": torch_note, "runs": {}, "peaks_gflops": []}
+  res, peaks = summary["runs"], summary["peaks_gflops"]
+  save = lambda: FLAGS.json_out and write_json(FLAGS.json_out, summary)
+
   with tempfile.TemporaryDirectory(prefix="bench_asif_") as data:
+    start = time.perf_counter()
     make_data(data)
+    summary["data_s"] = time.perf_counter() - start
+    print(f"data: {summary['data_s']:.1f} s to generate and save (not timed)", flush=True)
+    labels = np.load(os.path.join(data, "labels.npy"))
+    preds = {}
     # The peak is measured before and after (best of all): a busy neighbour
     # on a shared host lowers a single measurement.
-    peaks = [launch("peak", data)["peak_gflops"]]
-    res = {f"ours-{layout}": launch(f"ours-{layout}", data) for layout in FLAGS.layouts}
-    if FLAGS.torch:
-      res["pytorch"] = launch("pytorch", data)
-    peaks.append(launch("peak", data)["peak_gflops"])
-    labels = np.load(os.path.join(data, "labels.npy"))
-  stages = list(next(iter(res.values()))["times"])
-  print(f"{'':14s}" + "".join(f"{s:>16s}" for s in stages) + f"{'peak RSS':>12s}")
-  for name, r in res.items():
-    print(f"{name:14s}" + "".join(f"{r['times'][s]:15.2f}s" for s in stages)
-          + f"{r['peak_rss_mib']:10.0f}MiB   ({r['devices']})")
-  peak = max(peaks)
+    impls = (["peak"] + [f"ours-{layout}" for layout in FLAGS.layouts]
+             + (["pytorch"] if FLAGS.torch and torch_note is None else []) + ["peak"])
+    for impl in impls:
+      r = launch(impl, data, deadline)
+      if impl == "peak":
+        peaks.extend([r["peak_gflops"]] if "peak_gflops" in r else [])
+        continue
+      if "pred" in r:
+        preds[impl] = np.asarray(r.pop("pred"))
+        r["top1"] = float(np.mean(preds[impl] == labels))
+      res[impl] = r
+      save()
+  peak = max(peaks) if peaks else float("nan")
   print(f"matmul peak: {peak:.1f} GFLOP/s (best of large float32 jnp.dot calls, measured "
         f"before and after: {', '.join(f'{p:.1f}' for p in peaks)})")
-  theirs = res.get("pytorch")
-  for name, ours in res.items():
+  done = {name: r for name, r in res.items() if "times" in r}
+  stages = list(next(iter(done.values()))["times"]) if done else []
+  print(f"{'':14s}" + "".join(f"{s:>16s}" for s in stages) + f"{'peak RSS':>12s}")
+  for name, r in res.items():
+    print(f"{name:14s}" + ("".join(f"{r['times'].get(s, float('nan')):15.2f}s" for s in stages)
+                           + f"{r['peak_rss_mib']:10.0f}MiB   ({r['devices']})  "
+                           if "times" in r else " ") + r.get("error", ""))
+  theirs = done.get("pytorch")
+  for name, ours in done.items():
     if name == "pytorch":
       continue
     sim_s = ours["times"]["search images"] + ours["times"]["search prompts"]
     gflops = flops / sim_s / 1e9
-    line = (f"{name}: similarity stage {gflops:.1f} GFLOP/s = {gflops / peak:.1%} of the "
-            f"matmul peak; top-1 on the synthetic classes "
-            f"{100 * np.mean(np.asarray(ours['pred']) == labels):.1f}%")
-    if theirs:
-      diff = int(np.sum(np.asarray(ours["pred"]) != np.asarray(theirs["pred"])))
+    ours["sim_peak_fraction"] = gflops / peak
+    line = f"{name}: similarity stage {gflops:.1f} GFLOP/s = {gflops / peak:.1%} of the matmul peak"
+    if "top1" in ours:
+      line += f"; top-1 on the synthetic classes {100 * ours['top1']:.1f}%"
+    if theirs and name in preds and "pytorch" in preds:
+      diff = int(np.sum(preds[name] != preds["pytorch"]))
+      ours["pred_diff"] = diff
       line += (f"\n  vs pytorch: wall time x{ours['times']['total'] / theirs['times']['total']:.2f}"
                f" (warm x{ours['times']['warm total'] / theirs['times']['total']:.2f})"
                f" (< 1: ours faster), peak memory x{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}"
                f", predictions identical: {diff == 0} ({diff} of {q} differ)")
     print(line)
+  save()
+  if len(done) < len(res):
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
 """Shared by the launch/bench_*.py scripts (run as `python launch/bench_*.py`)."""
 
+import importlib.machinery
+import importlib.util
+import json
 import os
+import sys
+import types
 
 
 def available_cores() -> int:
@@ -9,3 +14,78 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0))
   except AttributeError:
     return os.cpu_count() or 1
+
+
+def have(module: str) -> bool:
+  """Whether `module` can be imported here (without importing it)."""
+  try:
+    return importlib.util.find_spec(module) is not None
+  except (ImportError, ValueError):
+    return False
+
+
+def write_json(path: str, obj) -> None:
+  """Writes `obj` as JSON to a local `path` atomically (temp name, then rename)."""
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1, default=float)
+  os.replace(tmp, path)
+
+
+class _Absent:
+  """Any attribute of a missing module: raises when called, not when named."""
+
+  def __init__(self, what: str):
+    self._what = what
+
+  def __getattr__(self, name):
+    if name.startswith("__"):
+      raise AttributeError(name)
+    return _Absent(f"{self._what}.{name}")
+
+  def __call__(self, *args, **kwargs):
+    if self._what == "tensorflow.config.set_visible_devices":
+      return None  # hides GPUs from TF: nothing to hide without TF
+    raise ModuleNotFoundError(
+        f"{self._what}: {self._what.split('.')[0]} is not installed on this machine "
+        "(bench_util.stub_missing stood in for it so that modules importing it load); "
+        "this part of the benchmark needs it.")
+
+
+class _AbsentModule(types.ModuleType):
+
+  def __getattr__(self, name):
+    if name.startswith("__"):
+      raise AttributeError(name)
+    return _Absent(f"{self.__name__}.{name}")
+
+
+def stub_missing(modules=("tensorflow", "tensorflow_datasets", "clu")) -> list:
+  """Stands in for those of `modules` that are not installed; returns their names.
+
+  zoomshot_jax imports TensorFlow (tf.data, tf.io.gfile), TFDS and clu at
+  module level, also in modules whose array code the benchmarks time
+  (training.loop, evaluation). An accelerator image may lack all three (the
+  lent H200's does). The stand-in lets those modules load; any use of one of
+  its attributes (other than hiding GPUs from TF) raises ModuleNotFoundError,
+  so a part that really needs TF fails loudly instead of measuring nothing.
+  Where the modules are installed this does nothing.
+  """
+  stubbed = [m for m in modules if m not in sys.modules and not have(m)]
+  for m in stubbed:
+    sys.modules[m] = _AbsentModule(m)
+    # A spec, so that importlib.util.find_spec(m) (transformers asks) answers.
+    sys.modules[m].__spec__ = importlib.machinery.ModuleSpec(m, None)
+  return stubbed
+
+
+def conf(cfg, path: str, flat: str | None = None):
+  """The config field at dotted `path` (the grouped configs: train.batch_size),
+  else at `flat` or path's last name (the flat configs of earlier releases)."""
+  node = cfg
+  try:
+    for part in path.split("."):
+      node = node[part]
+    return node
+  except KeyError:
+    return cfg[flat or path.rsplit(".", 1)[-1]]

@@ -28,7 +28,6 @@ reference once per CLIP; a mean column; a missing or failed run is a row of
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import statistics
@@ -42,6 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # `python launch/<script>.py` puts launch/ on the path, not the repo root.
 sys.path.insert(0, ROOT)
 from zoomshot_jax import io_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
+from zoomshot_jax.configs import common as config_common  # pylint: disable=g-import-not-at-top
 
 CONFIGS = {"zoomshot": "configs/zoomshot.py", "text_to_concept": "configs/text_to_concept.py"}
 PREFIX = {"zoomshot": "zoomshot", "text_to_concept": "t2c"}
@@ -67,15 +67,6 @@ _GRID_FLAGS = ("vision", "clips", "regimes", "methods", "t2c_solvers")
 _MISSING = "—"
 
 
-def _load_config_module(path: str):
-  """configs/<name>.py as a module (configs/ is not a package)."""
-  spec = importlib.util.spec_from_file_location(
-      "zoomshot_grid_" + os.path.basename(path)[:-3], os.path.join(ROOT, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 @dataclasses.dataclass(frozen=True)
 class GridRun:
   name: str       # directory under --root
@@ -85,8 +76,7 @@ class GridRun:
 
 def grid(visions, clips, regimes, methods, solvers) -> list[GridRun]:
   """The runs of the grid, grouped by CLIP; words checked against the configs."""
-  zs = _load_config_module(CONFIGS["zoomshot"])
-  t2c = _load_config_module(CONFIGS["text_to_concept"])
+  zs, t2c = config_common.load("zoomshot"), config_common.load("text_to_concept")
   for flag, words, table in (("vision", visions, zs.VISION), ("clips", clips, zs.CLIPS),
                              ("regimes", regimes, zs.REGIMES), ("methods", methods, CONFIGS),
                              ("t2c_solvers", solvers, t2c.SOLVERS)):
@@ -165,11 +155,13 @@ def collect(root: str, expected: list[GridRun], failed: dict | None = None
     workdir = os.path.join(root, name)
     config, results, note = _load(workdir)
     clip = config.get("clip") or clip_of.get(name, "unknown CLIP")
-    for d in str(config.get("eval", {}).get("datasets", "")).split(","):
-      if d and d not in datasets:
-        datasets.append(d)
+    for group in config.get("evals", {}).values():
+      for d in str(group.get("datasets", "")).split(","):
+        if d and d not in datasets:
+          datasets.append(d)
     if results is None:
-      rows.append(Row(run=name, method=config.get("method", _MISSING), clip=clip,
+      rows.append(Row(run=name, method=config.get("zoomshot", {}).get("method", _MISSING),
+                      clip=clip,
                       note=note or _missing_note(name, workdir, config, failed)))
       continue
     if name in failed:

@@ -6,7 +6,6 @@ two processes against one must change nothing; user mistakes end in one line
 and exit status 2.
 """
 
-import importlib.util
 import json
 import os
 
@@ -17,10 +16,11 @@ import tensorflow_datasets as tfds
 import procs
 from zoomshot_jax.asif import relative, toy
 from zoomshot_jax.asif.store import AnchorStore
+from zoomshot_jax.configs import asif as asif_config
 from zoomshot_jax.encoders import testing
 from zoomshot_jax.errors import UserError
 from zoomshot_jax.programs import asif as asif_program
-from zoomshot_jax.programs import zeroshot_eval
+from zoomshot_jax.evaluation import results as results_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "asif.py")
@@ -34,10 +34,7 @@ def env(tmp_path_factory):
 
 
 def _config(env, **overrides):
-  spec = importlib.util.spec_from_file_location("asif_config", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("tiny")
+  config = asif_config.get_config("tiny")
   config.anchors.source = "tsv:" + env["anchors"]
   config.image_encoder.checkpoint = env["vit"]
   config.text_encoder.checkpoint = env["bert"]
@@ -48,7 +45,7 @@ def _config(env, **overrides):
 def _dense_results(workdir, dataset, store, k, p):
   """top-1/top-5 from the stored embeddings, by the spec, in NumPy."""
   cache = np.load(os.path.join(workdir, "asif_reps", os.path.basename(
-      zeroshot_eval.predictions_path("", dataset))))
+      results_lib.predictions_path("", dataset))))
 
   def rep(q, a, normalize):
     s = q @ a.T
@@ -80,10 +77,10 @@ def test_program_end_to_end(env, image_folder, tmp_path):
   assert results[dataset]["num_examples"] == 21
   assert results[dataset]["top1"] == pytest.approx(ref["top1"])
   assert results[dataset]["top5"] == pytest.approx(ref["top5"])
-  pred = np.load(zeroshot_eval.predictions_path(work, dataset))
+  pred = np.load(results_lib.predictions_path(work, dataset))
   np.testing.assert_allclose(pred["logits"], classes, rtol=1e-4, atol=1e-7)
   explained = json.loads(open(os.path.join(work, "explanations", os.path.basename(
-      zeroshot_eval.predictions_path("", dataset))[:-4] + ".json")).read())
+      results_lib.predictions_path("", dataset))[:-4] + ".json")).read())
   assert len(explained) == 2
   for e, logits in zip(explained, pred["logits"]):
     assert e["predicted"] == int(np.argmax(logits))
@@ -120,7 +117,7 @@ def test_added_anchors_update_cached_rows_like_a_recompute(env, image_folder, tm
                                    anchors_dir=store_dir, reuse_reps=False, anchor_chunk=16),
                            fresh_work)
   assert updated == fresh
-  name = os.path.basename(zeroshot_eval.predictions_path("", dataset))
+  name = os.path.basename(results_lib.predictions_path("", dataset))
   a = np.load(os.path.join(work, "asif_reps", name))
   b = np.load(os.path.join(fresh_work, "asif_reps", name))
   assert int(a["num_anchors"]) == 33
@@ -191,7 +188,7 @@ def test_binary_two_processes_equal_one_and_user_errors(env, image_folder, tmp_p
              for n in ("single", "multi")}
   assert results["single"] == results["multi"]
   assert results["single"]["folder:" + image_folder]["num_examples"] == 21
-  name = os.path.basename(zeroshot_eval.predictions_path("", "folder:" + image_folder))
+  name = os.path.basename(results_lib.predictions_path("", "folder:" + image_folder))
   preds = {n: np.load(tmp_path / n / "predictions" / name) for n in ("single", "multi")}
   np.testing.assert_array_equal(preds["single"]["labels"], preds["multi"]["labels"])
   np.testing.assert_allclose(preds["single"]["logits"], preds["multi"]["logits"], rtol=1e-4)

@@ -55,8 +55,34 @@ def test_demo_runs_every_stage_and_writes_results(demo_run):
   png = open(os.path.join(workdir, "results.png"), "rb").read()
   assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
   assert not [f for f in os.listdir(workdir) if ".tmp" in f]  # no half-written outputs
-  # ETA lines for the training stages.
-  assert "Training the demo CLIP" in err and "ETA" in err
+
+
+def _log_of_run(workdir, i):
+  """The part of log.txt that run i (0 or 1) appended."""
+  log = open(os.path.join(workdir, "log.txt")).read()
+  runs = ("\n" + log).split("\n==== ")  # each run starts with a "==== <time> <argv>" line
+  assert len(runs) == 3, log[:2000]
+  return runs[1 + i]
+
+
+def test_demo_console_is_short_and_the_chatter_is_in_the_log(demo_run):
+  workdir, runs = demo_run
+  code, out, err = runs[0]
+  assert code == 0, err[-3000:]
+  lines = (out + err).splitlines()
+  assert len(lines) <= 60, "\n".join(lines)
+  summary = json.load(open(os.path.join(workdir, "results.json")))  # the second run's
+  assert report.table(summary).split("\nTime:")[0] in out
+  for stage in ("world", "train clip", "train vision", "maps: zoomshot", "asif"):
+    assert f"\n{stage}: done in " in "\n" + out, stage
+  assert f"Log: {os.path.join(workdir, 'log.txt')}" in out
+  assert f"Results: {os.path.join(workdir, 'results.json')}" in out
+  assert "Traceback" not in err and "orbax" not in (out + err).lower()
+  log = _log_of_run(workdir, 0)
+  assert "orbax" in log.lower() and "checkpoint_manager.py" in log  # Orbax internals
+  assert "] Config:" in log and "ETA" in log                        # our INFO and progress
+  assert "oneDNN" in log and "oneDNN" not in err                   # TensorFlow's C++ banner
+  assert "Transformers v5" in log and "Transformers v5" not in err  # transformers' notice
 
 
 def test_demo_models_load_through_the_registry(demo_run):
@@ -77,8 +103,9 @@ def test_repeated_demo_reuses_world_and_models(demo_run):
   workdir, runs = demo_run
   code, out, err = runs[1]
   assert code == 0, err[-3000:]
-  assert "Using the trained clip" in err and "Using the trained vision" in err
-  assert "Training the demo" not in err
+  log = _log_of_run(workdir, 1)
+  assert "Using the trained clip" in log and "Using the trained vision" in log
+  assert "train clip" not in out and "train vision" not in out  # no training stage
   first = runs[0][1].split("Zero-shot")[1].split("Time:")[0]
   second = out.split("Zero-shot")[1].split("Time:")[0]
   assert first == second  # the same table

@@ -299,18 +299,3 @@ def test_random_params_fast_deterministic_and_shaped_like_checkpoint(tiny_vision
   for x, y in zip(jax.tree.leaves(c1.params), jax.tree.leaves(c2.params)):
     np.testing.assert_array_equal(x, y)
   assert c1.logit_scale == pytest.approx(math.exp(2.6592), rel=1e-4)
-
-
-def test_pytorch_only_checkpoint_is_converted(tmp_path, images):
-  """Hub checkpoints such as DINOv2 ship only PyTorch weights: we convert them."""
-  torch = pytest.importorskip("torch", reason="conversion needs torch (pip install -e '.[bench]')")
-  from zoomshot_jax.encoders import testing  # pylint: disable=g-import-not-at-top
-  torch.manual_seed(0)
-  pt = transformers.Dinov2Model(testing.tiny_vision_config("dinov2")).eval()
-  pt.save_pretrained(str(tmp_path))  # safetensors, no flax_model.msgpack
-  shutil.copy(os.path.join(testing.save_tiny_vision("dinov2", str(tmp_path / "ref")),
-                           "preprocessor_config.json"), str(tmp_path))
-  encoder = load_vision_encoder("dinov2", str(tmp_path))
-  with torch.no_grad():
-    ref = pt(torch.from_numpy(_nchw_pixels(str(tmp_path), images))).last_hidden_state[:, 0]
-  _assert_close(_features(encoder, images), ref.numpy(), rtol=1e-3)

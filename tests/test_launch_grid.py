@@ -30,8 +30,9 @@ def _metrics(top1):
 def _fake_run(root, name, method, results=None):
   """A workdir as the zoomshot program leaves it (results=None: no results.json)."""
   os.makedirs(root / name)
-  config = {"program": "zoomshot", "method": method, "clip": B32,
-            "eval": {"datasets": "cifar10,cifar100"}}
+  config = {"program": "zoomshot", "zoomshot": {"method": method}, "clip": B32,
+            "evals": {"zeroshot": {"type": "zeroshot_classification",
+                                   "datasets": "cifar10,cifar100"}}}
   (root / name / "config.json").write_text(json.dumps(config))
   if results is not None:
     (root / name / "results.json").write_text(json.dumps(

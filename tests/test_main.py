@@ -1,6 +1,5 @@
 """The binary end to end: outputs, multi-host equality, and user errors."""
 
-import importlib.util
 import json
 import os
 
@@ -10,7 +9,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 import procs
+from zoomshot_jax.configs import zeroshot_eval as zeroshot_eval_config
 from zoomshot_jax.errors import UserError
+from zoomshot_jax.evaluation import results as results_lib
 from zoomshot_jax.programs import zeroshot_eval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,8 +23,9 @@ def _launch(workdir, overrides, devices=1, extra_env=None):
 
 
 def test_one_process_equals_two_processes(tiny_clip_dir, image_folder, tmp_path):
-  common = {"clip": tiny_clip_dir, "datasets": "folder:" + image_folder,
-            "batch_size": 4, "save_predictions": True, "cache_dir": str(tmp_path / "cache")}
+  common = {"clip": tiny_clip_dir, "evals.zeroshot.datasets": "folder:" + image_folder,
+            "evals.zeroshot.batch_size": 4, "evals.zeroshot.save_predictions": True,
+            "evals.zeroshot.cache_dir": str(tmp_path / "cache")}
   single = _launch(tmp_path / "single", common, devices=1)
   port = procs.free_port()
   multi = [_launch(tmp_path / "multi", common, devices=2,
@@ -39,7 +41,7 @@ def test_one_process_equals_two_processes(tiny_clip_dir, image_folder, tmp_path)
   assert results["single"][key]["num_examples"] == 21
   assert results["single"] == results["multi"]
   preds = {name: np.load(tmp_path / name / "predictions" / (
-      zeroshot_eval.predictions_path("", key).split("/")[-1])) for name in ("single", "multi")}
+      results_lib.predictions_path("", key).split("/")[-1])) for name in ("single", "multi")}
   np.testing.assert_array_equal(preds["single"]["labels"], preds["multi"]["labels"])
   np.testing.assert_allclose(preds["single"]["logits"], preds["multi"]["logits"], atol=1e-4)
   assert preds["single"]["logits"].shape == (21, 3)
@@ -50,12 +52,13 @@ def test_one_process_equals_two_processes(tiny_clip_dir, image_folder, tmp_path)
   assert any(f.startswith("events.out.tfevents") for f in files)
   assert not [f for f in files if ".tmp-" in f]
   saved = json.loads((tmp_path / "single" / "config.json").read_text())
-  assert saved["clip"] == tiny_clip_dir and saved["batch_size"] == 4
+  assert saved["clip"] == tiny_clip_dir and saved["evals"]["zeroshot"]["batch_size"] == 4
 
 
 def test_user_errors_exit_cleanly(tiny_clip_dir, tmp_path):
   cases = {
-      "unknown_dataset": ({"clip": tiny_clip_dir, "datasets": "no_such_dataset_xyz"},
+      "unknown_dataset": ({"clip": tiny_clip_dir,
+                           "evals.zeroshot.datasets": "no_such_dataset_xyz"},
                           "not a tfds dataset"),
       "missing_clip": ({"clip": str(tmp_path / "nope")}, "no model config found"),
       "unknown_field": ({"batchsize": 8}, "batchsize"),
@@ -64,20 +67,21 @@ def test_user_errors_exit_cleanly(tiny_clip_dir, tmp_path):
              for name, (overrides, _) in cases.items()}
   for name, proc in running.items():
     rc, out, err = procs.wait(proc)
-    assert rc != 0, name
+    assert rc == 2, (name, err[-2000:])
     assert cases[name][1] in err, (name, err[-2000:])
     assert "Traceback" not in err, (name, err[-2000:])
     assert not (tmp_path / name / "results.json").exists()
 
 
 def _config(clip_dir, datasets=None, tmp_path=None, **overrides):
-  spec = importlib.util.spec_from_file_location("zeroshot_eval_config", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  fields = dict(clip=clip_dir, datasets=datasets, batch_size=8, cache_dir=str(tmp_path / "cache"))
+  config = zeroshot_eval_config.get_config()
+  config.clip = clip_dir
+  fields = dict(datasets=datasets, batch_size=8, cache_dir=str(tmp_path / "cache"))
   fields.update(overrides)
-  config.update(fields)
+  for top in ("mesh", "dtype", "data_dir"):  # fields of the program, not of the evaluator
+    if top in fields:
+      config[top] = fields.pop(top)
+  config.evals.zeroshot.update(fields)
   return ml_collections.FrozenConfigDict(config)
 
 
@@ -96,7 +100,8 @@ def test_mock_tfds_datasets_through_the_program(tiny_clip_dir, tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"batch_size": 12}, r"batch_size=12 must be a positive multiple of the number of devices in the mesh \(8\)"),
-    ({"datasets": " , "}, "config.datasets is empty"),
+    ({"datasets": " , "}, "config.evals.zeroshot.datasets is empty"),
+    ({"type": "vqa"}, r"config.evals.zeroshot.type='vqa': expected one of"),
     ({"mesh": [("data", 3)]}, r"needs 3 devices, but 8 are available"),
     ({"dtype": "float64"}, "dtype 'float64' is not one of"),
 ])

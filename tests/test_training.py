@@ -12,9 +12,9 @@ import orbax.checkpoint as ocp
 import pytest
 from clu import metric_writers
 
-from zoomshot_jax import sharding
-from zoomshot_jax.methods import init_params, linear, ridge
-from zoomshot_jax.training import loop
+from zoomshot_jax import sharding, training
+from zoomshot_jax.evaluation import heldout
+from zoomshot_jax.methods import init_params, linear, ridge, text_to_concept, zoomshot
 
 K, D, M = 8, 16, 24
 
@@ -55,21 +55,23 @@ def _fit(method, mesh, epochs=40, batch=128, lr=1e-2, init=None, v=None, c=None)
     v, c, _ = _world(2048, 0)
   cv, ci, class_norm = _scales(v, c)
   text, w = _prompts()
-  weights = (("mse", 1.0),) if method == "text_to_concept" else (
-      ("cycle_image", 1.0), ("cycle_text", 1.0), ("mse", 1.0), ("pgkd_clip", 1.0),
-      ("pgkd_vision", 1.0))
-  objective = loop.Objective(method=method, weights=weights, logit_scale=20.0,
-                             class_norm=class_norm, text_batch=16, seed=0)
-  batches = loop.CachedBatches(v, c, batch, seed=0, paired=True, mesh=mesh)
+  features = zoomshot.aligned_features(cv, ci)
+  if method == "text_to_concept":
+    loss_fn = text_to_concept.make_loss_fn(features)
+  else:
+    loss_fn = zoomshot.make_loss_fn(zoomshot.Hyper(
+        weights=(("cycle_image", 1.0), ("cycle_text", 1.0), ("mse", 1.0), ("pgkd_clip", 1.0),
+                 ("pgkd_vision", 1.0)), logit_scale=20.0, class_norm=class_norm,
+        text_batch=16), features)
+  batches = training.ArrayBatches({"vision": v, "clip": c}, batch, seed=0, mesh=mesh)
   total = epochs * batches.steps_per_epoch
-  tx = loop.make_optimizer(_optimizer("adamw", lr), total)
+  tx = training.make_optimizer(_optimizer("adamw", lr), total)
   params = init or init_params(method, jax.random.PRNGKey(0), M, D)
-  from zoomshot_jax.evaluation.zeroshot import replicate
-  state = replicate(loop.init_state(params, tx), mesh)
-  consts = replicate({"text": text * class_norm, "classes": w}, mesh)
-  step = loop.make_train_step(objective, tx, mesh, loop.cached_features(cv, ci))
+  state = sharding.replicate(training.init_state(params, tx), mesh)
+  frozen = sharding.replicate({"text": text * class_norm, "classes": w}, mesh)
+  step = training.make_step(loss_fn, tx, mesh)
   for i in range(total):
-    state, metrics = step(state, {}, batches(i), consts)
+    state, metrics = step(state, batches(i), frozen)
     metrics["loss"].block_until_ready()  # as loop.train: a bounded queue
   return jax.device_get(state["params"]), (cv, ci, w)
 
@@ -77,7 +79,7 @@ def _fit(method, mesh, epochs=40, batch=128, lr=1e-2, init=None, v=None, c=None)
 def _heldout(params, scales, mesh):
   cv, ci, w = scales
   v, c, y = _world(1000, 1)
-  metrics = loop.heldout_evaluator(v, c, cv, ci, w, 20.0, mesh)(params)
+  metrics = heldout.map_evaluator(v, c, cv, ci, w, 20.0, mesh)(params)
   h = linear.fold(params["h"], cv, ci)
   mapped = v.astype(np.float64) @ h["kernel"] + h["bias"]
   acc = lambda z: np.mean(np.argmax(z / np.linalg.norm(z, axis=-1, keepdims=True) @ w.T, -1) == y)
@@ -127,34 +129,34 @@ def test_eight_devices_equal_one(mesh8):
 
 def test_batch_order_is_a_function_of_seed_and_epoch(mesh8):
   v, c, _ = _world(100, 0)
-  b = loop.CachedBatches(v, c, 10, seed=3, paired=True, mesh=mesh8)
-  again = loop.CachedBatches(v, c, 10, seed=3, paired=True, mesh=mesh8)
+  b = training.ArrayBatches({"vision": v, "clip": c}, 10, seed=3, mesh=mesh8)
+  again = training.ArrayBatches({"vision": v, "clip": c}, 10, seed=3, mesh=mesh8)
   epoch0 = np.concatenate([b.rows(i)[0] for i in range(10)])
   assert sorted(epoch0) == list(range(100))          # a permutation: each row once
   assert not np.array_equal(b.rows(0)[0], b.rows(10)[0])   # reshuffled next epoch
   np.testing.assert_array_equal(b.rows(17)[0], again.rows(17)[0])
-  unpaired = loop.CachedBatches(v, c, 10, seed=3, paired=False, mesh=mesh8)
+  unpaired = training.ArrayBatches({"vision": v, "clip": c}, 10, seed=3, mesh=mesh8,
+                                  groups=[["vision"], ["clip"]])
   rv, rc = unpaired.rows(4)
   assert not np.array_equal(rv, rc)
 
 
 def test_nan_stops_with_step_and_term_and_keeps_last_good_checkpoint(mesh8, tmp_path):
   v, c, _ = _world(640, 0)
-  batches = loop.CachedBatches(v, c, 64, seed=0, paired=True, mesh=mesh8)
+  batches = training.ArrayBatches({"vision": v, "clip": c}, 64, seed=0, mesh=mesh8)
   bad_step = 6   # 1-based step whose batch holds a NaN feature
   v = v.copy()
   v[batches.rows(bad_step - 1)[0][5], 3] = np.nan
-  batches.vision = v
-  tx = loop.make_optimizer(_optimizer("sgd", 0.01), 10)
-  from zoomshot_jax.evaluation.zeroshot import replicate
-  state = replicate(loop.init_state(init_params("text_to_concept", jax.random.PRNGKey(0), M, D),
-                                    tx), mesh8)
-  objective = loop.Objective(method="text_to_concept", weights=(("mse", 1.0),))
-  step = loop.make_train_step(objective, tx, mesh8, loop.cached_features(1.0, 1.0))
+  batches.arrays["vision"] = v
+  tx = training.make_optimizer(_optimizer("sgd", 0.01), 10)
+  state = sharding.replicate(training.init_state(
+      init_params("text_to_concept", jax.random.PRNGKey(0), M, D), tx), mesh8)
+  step = training.make_step(
+      text_to_concept.make_loss_fn(zoomshot.aligned_features(1.0, 1.0)), tx, mesh8)
   mngr = ocp.CheckpointManager(str(tmp_path / "ckpt"), options=ocp.CheckpointManagerOptions(
       save_interval_steps=2, max_to_keep=5))
-  with pytest.raises(loop.TrainingDiverged, match=r"step 6: loss term 'mse' is nan.*step 4"):
-    loop.train(step, state, {}, {}, batches, 10, mngr, metric_writers.LoggingWriter(),
+  with pytest.raises(training.TrainingDiverged, match=r"step 6: loss term 'mse' is nan.*step 4"):
+    training.train(step, state, {}, batches, 10, mngr, metric_writers.LoggingWriter(),
                log_every=3, batch_size=64)
   mngr.wait_until_finished()
   assert max(mngr.all_steps()) == 4   # nothing saved at or after the bad step

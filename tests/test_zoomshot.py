@@ -4,7 +4,6 @@ import glob
 import json
 import os
 import shutil
-import sys
 
 import numpy as np
 import procs
@@ -12,14 +11,13 @@ import pytest
 import tensorflow_datasets as tfds
 
 from zoomshot_jax import api
+from zoomshot_jax.configs import zoomshot as zoomshot_config
 from zoomshot_jax.errors import UserError
 from zoomshot_jax.methods import artifact
 from zoomshot_jax.programs import zoomshot as program
 from zoomshot_jax.tools import toy_assets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from configs import zoomshot as zoomshot_config  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +31,11 @@ def _config(clip_dir, vision_dir, folder, cache_dir, **overrides):
   c = zoomshot_config.get_config()
   c.clip = clip_dir
   c.vision.name, c.vision.checkpoint, c.vision.pooling = "vit", vision_dir, "cls"
-  c.train_dataset = "folder:" + folder
-  c.train_fraction, c.heldout_examples = 0.7, 16
-  c.batch_size, c.extract_batch_size, c.shard_size = 16, 16, 24
-  c.epochs, c.log_every, c.eval_every, c.checkpoint_every = 2, 2, 4, 2
-  c.cache_dir = cache_dir
-  c.eval.datasets, c.eval.batch_size, c.eval.cache_dir = "folder:" + folder, 16, "none"
+  c.data.update(dataset="folder:" + folder, train_fraction=0.7, heldout_examples=16)
+  c.features.update(batch_size=16, shard_size=24, cache_dir=cache_dir)
+  c.train.update(batch_size=16, epochs=2, log_every=2, eval_every=4, checkpoint_every=2)
+  c.evals.zeroshot.update(datasets="folder:" + folder, batch_size=16, cache_dir="none")
+  c.zoomshot.prompts.cache_dir = "none"
   c.update_from_flattened_dict(overrides)
   return c
 
@@ -81,7 +78,8 @@ def test_all_stages_write_complete_outputs(full_run, cfg, folder):
   assert maps["h"]["kernel"].shape == (32, 16) and maps["g"]["kernel"].shape == (16, 32)
   assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
                 if s.isdigit())[-1] == 6
-  manifest = json.loads(open(os.path.join(cfg().cache_dir, "train", "manifest.json")).read())
+  manifest = json.loads(open(os.path.join(cfg().features.cache_dir, "train",
+                                          "manifest.json")).read())
   assert manifest["complete"] and manifest["num_examples"] == 63
   assert manifest["encoders"]["vision"]["dim"] == 32
 
@@ -120,8 +118,8 @@ def _crash_at(step):
 
 @pytest.mark.parametrize("features", ["cached", "online"])
 def test_killed_run_resumes_to_the_same_result(full_run, cfg, tmp_path, features):
-  kw = {"stages": "train", "features": features, "augment": features == "online",
-        "epochs": 3}
+  kw = {"stages": "train", "features.mode": features, "features.augment": features == "online",
+        "train.epochs": 3}
   straight = str(tmp_path / "straight")
   program.run(cfg(**kw), straight)
   resumed = str(tmp_path / "resumed")
@@ -139,7 +137,7 @@ def test_killed_run_resumes_to_the_same_result(full_run, cfg, tmp_path, features
 
 def test_extraction_resumes_at_the_missing_shard(full_run, cfg, tmp_path):
   cache = str(tmp_path / "cache")
-  shutil.copytree(cfg().cache_dir, cache)
+  shutil.copytree(cfg().features.cache_dir, cache)
   train_dir = os.path.join(cache, "train")
   shards = sorted(f for f in os.listdir(train_dir) if f.startswith("shard-"))
   assert len(shards) == 3    # 63 examples in shards of 24
@@ -163,8 +161,10 @@ def test_extraction_resumes_at_the_missing_shard(full_run, cfg, tmp_path):
 
 def test_closed_form_text_to_concept(full_run, cfg, tmp_path):
   # No held-out images: training still runs, without held-out metrics.
-  out = program.run(cfg(method="text_to_concept", solver="closed_form", stages="train,eval",
-                        loss={"mse": 1.0}, heldout_examples=0), str(tmp_path))
+  c = cfg(**{"zoomshot.method": "text_to_concept", "zoomshot.solver": "closed_form",
+             "stages": "train,eval", "data.heldout_examples": 0})
+  c.zoomshot.loss = {"mse": 1.0}
+  out = program.run(c, str(tmp_path))
   maps, meta = _mapping(str(tmp_path))
   assert set(maps) == {"h"} and meta["train"]["solver"] == "closed_form"
   assert meta["heldout"] == {}
@@ -172,7 +172,7 @@ def test_closed_form_text_to_concept(full_run, cfg, tmp_path):
   # It is the least-squares map (weight decay 5e-4) on the cached features,
   # folded to raw features: check against NumPy in float64.
   from zoomshot_jax.training import features
-  f = features.load(os.path.join(cfg().cache_dir, "train"))
+  f = features.load(os.path.join(cfg().features.cache_dir, "train"))
   v, c = f["vision"].astype(np.float64), f["clip"].astype(np.float64)
   cv, ci = meta["scales"]["vision"], meta["scales"]["clip"]
   x1 = np.concatenate([v * cv, np.ones((len(v), 1))], 1)
@@ -183,12 +183,14 @@ def test_closed_form_text_to_concept(full_run, cfg, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"paired": False}, r"--config.loss.mse=0 --config.loss.pgkd_clip=0"),
-    ({"method": "text_to_concept"}, r"terms \['cycle_image'"),
-    ({"pgkd_mode": "soft"}, r"pgkd_mode='soft'"),
-    ({"solver": "closed_form"}, r"Text-to-Concept's exact solver"),
+    ({"zoomshot.paired": False},
+     r"--config.zoomshot.loss.mse=0 --config.zoomshot.loss.pgkd_clip=0"),
+    ({"zoomshot.method": "text_to_concept"}, r"terms \['cycle_image'"),
+    ({"zoomshot.pgkd_mode": "soft"}, r"pgkd_mode='soft'"),
+    ({"zoomshot.solver": "closed_form"}, r"Text-to-Concept's exact solver"),
     ({"stages": "extract,fit"}, r"config.stages='extract,fit'"),
-    ({"features": "online", "init": "ridge"}, r"needs cached features"),
+    ({"features.mode": "online", "zoomshot.init": "ridge"}, r"needs cached features"),
+    ({"evals.zeroshot.type": "vqa"}, r"config.evals.zeroshot.type='vqa'"),
 ])
 def test_contradictory_configs_are_refused(cfg, tmp_path, overrides, message):
   with pytest.raises(UserError, match=message):
@@ -225,15 +227,17 @@ def test_resume_with_other_dims_is_refused(full_run, cfg, tiny_vision_dirs, tmp_
 
 
 def test_training_subset_of_a_tfds_split(cfg, tmp_path):
-  c = cfg(train_dataset="imagenet2012", train_fraction=0.25, heldout_examples=8,
-          method="text_to_concept", solver="closed_form", loss={"mse": 1.0},
-          cache_dir=str(tmp_path / "cache"), stages="extract,train,eval")
-  c.eval.datasets = "imagenet2012"
-  c.eval.clip_reference = False
+  c = cfg(**{"data.dataset": "imagenet2012", "data.train_fraction": 0.25,
+             "data.heldout_examples": 8, "zoomshot.method": "text_to_concept",
+             "zoomshot.solver": "closed_form", "stages": "extract,train,eval"},
+          cache_dir=str(tmp_path / "cache"))
+  c.zoomshot.loss = {"mse": 1.0}
+  c.evals.zeroshot.datasets = "imagenet2012"
+  c.reference_clip = False
   # One template instead of ImageNet's 80: 1000 prompts through the tiny tower.
   templates = tmp_path / "templates.txt"
   templates.write_text("a photo of a {}.\n")
-  c.prompts.templates_file = c.eval.templates_file = str(templates)
+  c.zoomshot.prompts.templates_file = c.evals.zeroshot.templates_file = str(templates)
   with tfds.testing.mock_data(num_examples=40):
     out = program.run(c, str(tmp_path / "w"))
   manifest = json.loads(open(tmp_path / "cache" / "train" / "manifest.json").read())
@@ -244,11 +248,12 @@ def test_training_subset_of_a_tfds_split(cfg, tmp_path):
 def test_two_processes_equal_one(cfg, tmp_path, tiny_clip_dir, tiny_vision_dirs, folder):
   base = {"clip": tiny_clip_dir, "vision.name": "vit",
           "vision.checkpoint": tiny_vision_dirs["vit"], "vision.pooling": "cls",
-          "train_dataset": "folder:" + folder, "train_fraction": 0.7, "heldout_examples": 16,
-          "batch_size": 8, "extract_batch_size": 8, "shard_size": 24, "epochs": 1,
-          "eval.datasets": "folder:" + folder, "eval.batch_size": 8, "eval.cache_dir": "none",
-          "eval.clip_reference": False,
-          "log_every": 2, "checkpoint_every": 4}
+          "data.dataset": "folder:" + folder, "data.train_fraction": 0.7,
+          "data.heldout_examples": 16, "train.batch_size": 8, "features.batch_size": 8,
+          "features.shard_size": 24, "train.epochs": 1,
+          "evals.zeroshot.datasets": "folder:" + folder, "evals.zeroshot.batch_size": 8,
+          "evals.zeroshot.cache_dir": "none", "zoomshot.prompts.cache_dir": "none",
+          "reference_clip": False, "train.log_every": 2, "train.checkpoint_every": 4}
   config = os.path.join(ROOT, "configs", "zoomshot.py")
 
   single = procs.launch(config, tmp_path / "single", base, devices=2)
@@ -267,7 +272,7 @@ def test_two_processes_equal_one(cfg, tmp_path, tiny_clip_dir, tiny_vision_dirs,
 
 def test_binary_reports_config_mistakes_in_one_line(tmp_path):
   proc = procs.launch(os.path.join(ROOT, "configs", "zoomshot.py"), tmp_path,
-                      {"paired": False})
+                      {"zoomshot.paired": False})
   rc, _, err = procs.wait(proc)
   assert rc == 2
   lines = [l for l in err.splitlines() if l.startswith("zoomshot_jax: error:")]

@@ -25,9 +25,10 @@ from zoomshot_jax import data, encoders
 from zoomshot_jax.errors import UserError
 from zoomshot_jax.methods import artifact, linear
 from zoomshot_jax.training import features
-from zoomshot_jax.evaluation.classifier import build_classifier, encode_texts, l2_normalize
+from zoomshot_jax.evaluation.classifier import build_classifier, encode_texts
 from zoomshot_jax.evaluation.classnames import Prompts
 from zoomshot_jax.evaluation.zeroshot import zero_shot_logits
+from zoomshot_jax.ops import l2_normalize
 
 
 def _as_uint8(image) -> np.ndarray:

@@ -60,3 +60,23 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
 def read_json(path: str):
   with tf.io.gfile.GFile(path) as f:
     return json.load(f)
+
+
+def atomic_write_dir(out_dir: str, write) -> str:
+  """Calls write(tmp_dir), then renames it to out_dir: never a half-written model.
+
+  Local paths only (a directory rename is not atomic on GCS).
+  """
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
+  try:
+    write(tmp)
+    if os.path.exists(out_dir):
+      shutil.rmtree(out_dir)
+    os.rename(tmp, out_dir)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return out_dir

@@ -2,16 +2,20 @@ r"""The zoomshot_jax binary: `python -m zoomshot_jax.main --config=... --workdir
 
 `config.program` picks what runs (see zoomshot_jax/programs). Multi-host runs
 are switched on by the environment (see `sharding.initialize_distributed`).
-User mistakes end in one line on stderr and exit status 2.
+User mistakes end in one line on stderr and exit status 2. The terminal gets
+one line per stage, the results and the output paths; the full log goes to
+`<workdir>/log.txt` (`--alsologtostderr` or `--verbosity=1` also print it
+on stderr; see zoomshot_jax/console.py).
 """
 
 import importlib
+import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from zoomshot_jax import sharding
+from zoomshot_jax import console, sharding
 from zoomshot_jax.errors import UserError
 from zoomshot_jax.programs import PROGRAMS
 
@@ -48,6 +52,18 @@ def parse_flags(argv):
     _fail(f"bad --config override: {_one_line(text.strip(chr(39) + ' '))}")
 
 
+def verbose() -> bool:
+  """Whether the log is shown on the terminal too (absl's flags)."""
+  return FLAGS.verbosity >= 1 or FLAGS.alsologtostderr or FLAGS.logtostderr
+
+
+def _print_outputs(workdir: str) -> None:
+  results = os.path.join(workdir, "results.json")
+  if "://" in workdir or os.path.exists(results):
+    console.echo(f"Results: {results}")
+  console.echo(f"Log: {console.log_path()} (all outputs in {workdir})")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -57,14 +73,17 @@ def main(argv):
   except OSError as e:  # the config file itself could not be loaded (lazily reported)
     _fail(f"--config: {_one_line(str(e))}")
   try:
+    console.setup(FLAGS.workdir, verbose=verbose())
     sharding.initialize_distributed()
     if config.program not in PROGRAMS:
       raise UserError(f"config.program={config.program!r} is not one of {sorted(PROGRAMS)}.")
     program = importlib.import_module(PROGRAMS[config.program])
     logging.info("Config:\n%s", config.to_json_best_effort(indent=2))
-    program.run(config, FLAGS.workdir)
+    with console.stage(config.program):
+      program.run(config, FLAGS.workdir)
   except UserError as e:
     _fail(str(e))
+  _print_outputs(FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,11 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from zoomshot_jax import data, evaluation, sharding
+from zoomshot_jax import data, sharding
 from zoomshot_jax.asif.sources import AnchorSource
 from zoomshot_jax.asif.store import AnchorStore, encoder_info
 from zoomshot_jax.errors import UserError
+from zoomshot_jax.ops import l2_normalize
 
 
 def _sync(name: str) -> None:
@@ -46,7 +47,7 @@ def embed_images(encoder, images: np.ndarray, mesh) -> np.ndarray:
   rows, rep = NamedSharding(mesh, P(mesh.axis_names)), NamedSharding(mesh, P())
 
   def make():
-    fn = jax.jit(lambda v, x: evaluation.l2_normalize(encoder.image_features(v, x)),
+    fn = jax.jit(lambda v, x: l2_normalize(encoder.image_features(v, x)),
                  in_shardings=(rep, rows), out_shardings=rows)
     return functools.partial(fn, jax.device_put(encoder.variables, rep))
 
@@ -64,7 +65,7 @@ def embed_texts(encoder, texts: list[str], batch_size: int, mesh) -> np.ndarray:
   rows, rep = NamedSharding(mesh, P(mesh.axis_names)), NamedSharding(mesh, P())
 
   def make():
-    fn = jax.jit(lambda p, i, m: evaluation.l2_normalize(encoder.text_features(p, i, m)),
+    fn = jax.jit(lambda p, i, m: l2_normalize(encoder.text_features(p, i, m)),
                  in_shardings=(rep, rows, rows), out_shardings=rows)
     return functools.partial(fn, jax.device_put(encoder.params, rep))
 
@@ -190,17 +191,14 @@ def embed_split(encoder, source: data.Source, mesh, batch_size: int
                                jax.process_index(), jax.process_count(),
                                agree_steps=sharding.host_max)
   rows = sharding.batch_sharding(mesh)
-  fn = jax.jit(lambda v, x: evaluation.l2_normalize(encoder.image_features(v, x)),
+  fn = jax.jit(lambda v, x: l2_normalize(encoder.image_features(v, x)),
                in_shardings=(sharding.replicated(mesh), rows), out_shardings=rows)
-  variables = evaluation.zeroshot.replicate(encoder.variables, mesh)
+  variables = sharding.replicate(encoder.variables, mesh)
   feats, labels, mask = [], [], []
   for batch in data.as_numpy(ds, f"dataset {source.name!r}"):
     out = fn(variables, sharding.to_global(batch["image"], rows))
     feats.append(sharding.local_rows(out))
     labels.append(batch["label"])
     mask.append(batch["mask"])
-  keep = sharding.gather_to_all_hosts(np.concatenate(mask)).reshape(-1)
-  feats = sharding.gather_to_all_hosts(np.concatenate(feats))
-  feats = feats.reshape(-1, feats.shape[-1])[keep]
-  labels = sharding.gather_to_all_hosts(np.concatenate(labels)).reshape(-1)[keep]
-  return feats, labels
+  return sharding.gather_rows((np.concatenate(feats), np.concatenate(labels)),
+                              np.concatenate(mask))

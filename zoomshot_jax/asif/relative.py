@@ -48,9 +48,9 @@ from collections.abc import Callable, Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from zoomshot_jax import sharding
 from zoomshot_jax.errors import UserError
 
 AXIS = "anchors"
@@ -107,18 +107,6 @@ def search_mesh(mesh: Mesh) -> Mesh:
 
 def _round_up(x: int, m: int) -> int:
   return max(m, math.ceil(x / m) * m)
-
-
-def put_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
-  """A host-identical numpy array as a global array (each host fills its devices)."""
-  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-
-def fetch_global(x: jax.Array) -> np.ndarray:
-  """The whole of a (possibly multi-host) global array, on every host."""
-  if jax.process_count() == 1:
-    return np.asarray(x)
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 # ------------------------------------------------------------------ programs
@@ -264,7 +252,7 @@ class Searcher:
     n, qc = queries.shape[0], self.query_chunk
     padded = np.zeros((_round_up(n, qc), queries.shape[1]), np.float32)
     padded[:n] = queries
-    q_dev = [put_global(padded[i:i + qc], self.query_rows) for i in range(0, len(padded), qc)]
+    q_dev = [sharding.place(padded[i:i + qc], self.query_rows) for i in range(0, len(padded), qc)]
     carry = [None] * len(q_dev)
     end = 0
     if start is not None:
@@ -274,7 +262,7 @@ class Searcher:
       pad = len(padded) - n
       vals = np.pad(start.sims, ((0, pad), (0, 0)), constant_values=-np.inf)
       idx = np.pad(start.idx, ((0, pad), (0, 0)))
-      carry = [(put_global(vals[i:i + qc], self.rows), put_global(idx[i:i + qc], self.rows))
+      carry = [(sharding.place(vals[i:i + qc], self.rows), sharding.place(idx[i:i + qc], self.rows))
                for i in range(0, len(padded), qc)]
       end = start.num_anchors
     for chunk in chunks:
@@ -285,8 +273,8 @@ class Searcher:
       gather = _gather_program(self.mesh, self.k)
       merge = _merge_program(self.mesh, self.k)
       single = self.anchor_devices == 1 and local_rows >= self.k
-      offset = put_global(np.asarray(chunk.offset, np.int32), self.replicated)
-      limit = put_global(np.asarray(chunk.end, np.int32), self.replicated)
+      offset = sharding.place(np.asarray(chunk.offset, np.int32), self.replicated)
+      limit = sharding.place(np.asarray(chunk.end, np.int32), self.replicated)
       for i, q in enumerate(q_dev):
         res = fn(q, chunk.data, offset, limit)
         if not single:
@@ -299,8 +287,8 @@ class Searcher:
     if end < self.k:
       raise UserError(f"k={self.k} is larger than the number of anchors ({end}); "
                       f"set --config.k to at most {end} or add anchors.")
-    sims = np.concatenate([fetch_global(c[0]) for c in carry])[:n]
-    idx = np.concatenate([fetch_global(c[1]) for c in carry])[:n]
+    sims = np.concatenate([sharding.fetch_global(c[0]) for c in carry])[:n]
+    idx = np.concatenate([sharding.fetch_global(c[1]) for c in carry])[:n]
     return TopK(sims=sims, idx=idx, num_anchors=end)
 
 

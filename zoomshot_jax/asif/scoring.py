@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from zoomshot_jax.asif.relative import ROWS, TopK, fetch_global, put_global, search_mesh
+from zoomshot_jax import sharding
+from zoomshot_jax.asif.relative import ROWS, TopK, search_mesh
 from zoomshot_jax.errors import UserError
 
 RULES = ("prompt_max", "template_mean")
@@ -119,9 +120,9 @@ class Scorer:
     self.text = text
     rep = NamedSharding(self.mesh, P())
     self.rows = NamedSharding(self.mesh, ROWS)
-    self._row_ptr = put_global(text.row_ptr, rep)
-    self._prompt = put_global(text.prompt, rep)
-    self._weight = put_global(text.weight, rep)
+    self._row_ptr = sharding.place(text.row_ptr, rep)
+    self._prompt = sharding.place(text.prompt, rep)
+    self._weight = sharding.place(text.weight, rep)
 
   def scores(self, image: TopK, p: float) -> np.ndarray:
     """[n, P] float32 sim(x, s) = r_I(x) · r_T(s) for every image row and prompt."""
@@ -134,7 +135,8 @@ class Scorer:
     idx[:n] = image.idx
     w = np.zeros((padded, image.k), np.float32)
     w[:n] = weights(image, p, normalize=False)
-    hits = fetch_global(_hits_program(self.mesh)(self._row_ptr, put_global(idx, self.rows)))
+    hits = sharding.fetch_global(
+        _hits_program(self.mesh)(self._row_ptr, sharding.place(idx, self.rows)))
     # Rows in order of their hit counts, so that each step pads little; a
     # step's shape (rows, slots) is a power of two each: few compilations.
     order = np.argsort(hits, kind="stable")
@@ -152,9 +154,9 @@ class Scorer:
       lo += len(sel)
       sel = np.concatenate([sel, np.repeat(sel[-1:], rows - len(sel))])  # pad: one shape
       res = _score_program(self.mesh, slots, self.text.num_prompts)(
-          self._row_ptr, self._prompt, self._weight, put_global(w[sel], self.rows),
-          put_global(idx[sel], self.rows))
-      out[sel] = fetch_global(res)
+          self._row_ptr, self._prompt, self._weight, sharding.place(w[sel], self.rows),
+          sharding.place(idx[sel], self.rows))
+      out[sel] = sharding.fetch_global(res)
     return out[:n]
 
 

@@ -2,7 +2,9 @@ r"""The demo world, end to end: `python -m zoomshot_jax.demo --workdir=DIR`.
 
 Builds the world, trains the tiny CLIP and the tiny vision encoder (cached in
 the workdir after the first run), runs Text-to-Concept, Zoom-shot and ASIF,
-and prints the zero-shot table; writes results.json and results.png.
+and prints one line per stage, the zero-shot table and the output paths;
+writes results.json, results.png and log.txt (everything else the run
+logs; --alsologtostderr or --verbosity=1 print it on stderr too).
 The config defaults to the packaged configs/demo.py; pass
 --config=configs/demo.py:micro (or any other variant) and --config.* overrides
 as for `python -m zoomshot_jax.main`, which runs the same program.

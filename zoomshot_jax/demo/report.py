@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 
-from zoomshot_jax import io_utils
+from zoomshot_jax import console, io_utils
 
 # (results key, row label), in the order of the table.
 ROWS = (
@@ -71,8 +71,18 @@ def chart_png(summary: dict) -> bytes:
   return buf.getvalue()
 
 
+def paths(workdir: str, summary: dict) -> str:
+  """The printed lines saying where the chart and the trained models are (the
+  binary adds results.json and the log)."""
+  models = summary["models"]
+  return (f"Chart: {os.path.join(workdir, 'results.png')}\n"
+          f"Models: {models['clip']} (CLIP), {models['vision']} (vision encoder)")
+
+
 def write(workdir: str, summary: dict) -> None:
-  """results.json, results.png (both written to a temp name, then renamed) and the table."""
+  """results.json, results.png (both written to a temp name, then renamed), and
+  prints the table and the paths."""
   io_utils.atomic_write_json(os.path.join(workdir, "results.json"), summary)
   io_utils.atomic_write_bytes(os.path.join(workdir, "results.png"), chart_png(summary))
-  print(table(summary), flush=True)
+  console.echo(table(summary))
+  console.echo(paths(workdir, summary))

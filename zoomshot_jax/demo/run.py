@@ -25,11 +25,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from zoomshot_jax import encoders, evaluation, io_utils, sharding, world
+from zoomshot_jax import console, encoders, evaluation, io_utils, models, sharding, world
 from zoomshot_jax.asif import Asif
 from zoomshot_jax.asif.evaluate import metrics as asif_metrics
 from zoomshot_jax.configs import zoomshot as zoomshot_config
-from zoomshot_jax.demo import pretrain, report
+from zoomshot_jax.demo import report
 from zoomshot_jax.errors import UserError
 from zoomshot_jax.evaluation.classifier import encode_texts
 from zoomshot_jax.programs import zoomshot
@@ -41,20 +41,10 @@ def _hash(*parts) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-class _Stage:
-  """Logs a stage's start and its wall time."""
-
-  def __init__(self, name: str, timings: dict):
-    self.name, self.timings = name, timings
-
-  def __enter__(self):
-    logging.info("== %s", self.name)
-    self.t0 = time.time()
-
-  def __exit__(self, *exc):
-    self.timings[self.name] = round(time.time() - self.t0, 1)
-    if exc[0] is None:
-      logging.info("== %s: done in %.1fs", self.name, self.timings[self.name])
+def _stage(name: str, timings: dict):
+  """A console stage; what it prints (tfds notices, the Zoom-shot binary's own
+  tables) goes to the log, so the terminal shows one line per stage."""
+  return console.stage(name, timings, capture_stdout=True)
 
 
 def load_split(builder, split: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -103,31 +93,30 @@ def map_config(config, method: str, dataset: str, data_dir: str, clip_dir: str,
                vision_dir: str, prompts: dict[str, str], cache_dir: str):
   """The Zoom-shot binary's config for one method on the world."""
   c = zoomshot_config.get_config()
-  m = config.maps
-  c.method = method
+  m, z = config.maps, c.zoomshot
+  z.method = method
   c.seed = config.seed
   c.clip = clip_dir
   c.vision.update({"name": "resnet", "checkpoint": vision_dir, "pooling": "pooler"})
-  c.train_dataset, c.train_split, c.data_dir = dataset, "map_train", data_dir
-  c.train_fraction = m.train_fraction
-  c.heldout_examples = 1_000_000  # all of map_train that is not trained on
-  c.cache_dir = cache_dir
-  c.feature_dtype = "float32"
-  c.extract_batch_size = c.eval.batch_size = config.batch_size
-  c.batch_size = m.batch_size
-  c.epochs = m.epochs
+  c.data_dir = data_dir
+  c.data.update(dataset=dataset, split="map_train", train_fraction=m.train_fraction,
+                heldout_examples=1_000_000)  # all of map_train that is not trained on
+  c.features.update(cache_dir=cache_dir, dtype="float32", batch_size=config.batch_size)
+  c.train.update(batch_size=m.batch_size, epochs=m.epochs, log_every=20,
+                 eval_every=1_000_000, checkpoint_every=1_000_000)
   c.optimizer.learning_rate = m.learning_rate
-  c.prompts.classnames_file = prompts["classnames"]
-  c.prompts.templates_file = prompts["map_templates"]
-  c.text_batch_size = min(c.text_batch_size, len(render.class_names()) *
-                          len(config.map_templates))
-  c.log_every, c.eval_every, c.checkpoint_every = 20, 1_000_000, 1_000_000
-  c.eval.update({"datasets": dataset, "split": "test", "cache_dir": "none",
-                 "classnames_file": prompts["classnames"],
-                 "templates_file": prompts["eval_templates"]})
+  z.prompts.update(classnames_file=prompts["classnames"],
+                   templates_file=prompts["map_templates"])
+  z.text_batch_size = min(z.text_batch_size,
+                          len(render.class_names()) * len(config.map_templates))
+  c.evals.zeroshot.update({"datasets": dataset, "split": "test", "cache_dir": "none",
+                           "batch_size": config.batch_size,
+                           "classnames_file": prompts["classnames"],
+                           "templates_file": prompts["eval_templates"]})
   if method == "text_to_concept":
-    c.loss = ml_collections.ConfigDict({"mse": 1.0})
-    c.solver = m.text_to_concept_solver
+    z.loss = ml_collections.ConfigDict({"mse": 1.0})
+    z.solver = m.text_to_concept_solver
+  c.reference_clip = method == "zoomshot"
   c.mesh = config.mesh
   return c
 
@@ -142,16 +131,16 @@ def _models(config, workdir: str, builder, world_name: str, mesh, timings) -> tu
     if os.path.exists(os.path.join(path, "config.json")):
       logging.info("Using the trained %s in %s.", name, path)
       continue
-    with _Stage(f"train {name}", timings):
+    with _stage(f"train {name}", timings):
       tmp_dir = os.path.join(workdir, "pretrain", f"{name}-{key}")
       if name == "clip":
         d = load_split(builder, "clip_train", ("image", "captions"))
-        pretrain.train_clip(cfg, d["image"], d["captions"], render.vocabulary(), path,
-                            tmp_dir, mesh)
+        models.tiny_clip.train(cfg, d["image"], d["captions"], render.vocabulary(), path,
+                               tmp_dir, mesh)
       else:
         d = load_split(builder, "vision_train", ("image", "objects"))
         targets = np.concatenate([d["shapes"], d["colours"]], axis=1)
-        pretrain.train_vision(cfg, d["image"], targets, path, tmp_dir, mesh)
+        models.tiny_resnet.train(cfg, d["image"], targets, path, tmp_dir, mesh)
   return out["clip"], out["vision"]
 
 
@@ -190,7 +179,7 @@ def run(config, workdir: str) -> dict:
   world_name = world.config_name(w.renderer, w.seed, micro=w.scale == "micro")
   dataset = f"shapes_world/{world_name}"
   data_dir = w.data_dir or os.path.join(workdir, "tfds")
-  with _Stage("world", timings):
+  with _stage("world", timings):
     builder = world.prepare(world_name, data_dir)
   clip_dir, vision_dir = _models(config, workdir, builder, world_name, mesh, timings)
   prompts = _write_prompts(workdir, config)
@@ -198,14 +187,13 @@ def run(config, workdir: str) -> dict:
   results = {}
   cache_dir = os.path.join(workdir, "maps", "features")
   for method in ("text_to_concept", "zoomshot"):
-    with _Stage(f"maps: {method}", timings):
+    with _stage(f"maps: {method}", timings):
       c = map_config(config, method, dataset, data_dir, clip_dir, vision_dir, prompts,
                      cache_dir)
-      c.eval.clip_reference = method == "zoomshot"
       out = zoomshot.run(c, os.path.join(workdir, "maps", method))
       results.update({k: v[dataset] for k, v in out["results"].items()})
       results[method]["heldout"] = out["export"]["heldout"]
-  with _Stage("asif", timings):
+  with _stage("asif", timings):
     results["asif"] = _asif_row(config, builder, clip_dir, vision_dir, mesh)
 
   summary = {

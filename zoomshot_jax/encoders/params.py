@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -148,9 +149,9 @@ def load_model(model_cls, name_or_path: str, expected_types: tuple[str, ...], dt
   """`(model, params)` of a checkpoint, or random params of its config.
 
   Loaded params are checked against the architecture (`check_complete`).
-  Loads with `_do_init=False` and a clear error when that fails; falls back
-  to converting PyTorch weights (`from_pt=True`, needs torch) when the
-  checkpoint has no Flax weights, as many hub checkpoints (DINOv2) do.
+  Flax weights load with `_do_init=False`; a checkpoint with only PyTorch
+  weights (DINOv2 and many others on the hub) is converted without a random
+  init: safetensors with no extra dependency, legacy .bin files with torch.
   """
   config = load_config(name_or_path, expected_types, what)
   if random_init:
@@ -160,29 +161,110 @@ def load_model(model_cls, name_or_path: str, expected_types: tuple[str, ...], dt
   return model, check_complete(model, params, name_or_path)
 
 
+# HF's weight file names, (kind, single file, index of shards), in our order
+# of preference: Flax as HF prefers it, then PyTorch safetensors (readable
+# without torch), then PyTorch pickles (torch.load).
+_WEIGHT_FILES = (("flax", "flax_model.msgpack", "flax_model.msgpack.index.json"),
+                 ("safetensors", "model.safetensors", "model.safetensors.index.json"),
+                 ("bin", "pytorch_model.bin", "pytorch_model.bin.index.json"))
+
+
+def _find_weights(name_or_path: str, commit_hash):
+  """`(kind, path, sharded)` of the checkpoint's preferred weights.
+
+  kind is "flax", "safetensors" (PyTorch layout) or "bin"; `path` is a local
+  file (hub files are downloaded to the HF cache, as `from_pretrained` does)
+  or an index of shards; `(None, None, False)` when there are no weights.
+  """
+  from transformers.utils import cached_file  # pylint: disable=g-import-not-at-top
+
+  for kind, single, index in _WEIGHT_FILES:
+    for filename, sharded in ((single, False), (index, True)):
+      path = cached_file(name_or_path, filename, _commit_hash=commit_hash,
+                         _raise_exceptions_for_missing_entries=False)
+      if path is None:
+        continue
+      if kind == "safetensors" and not sharded:
+        from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+        with safe_open(path, framework="numpy") as f:
+          fmt = (f.metadata() or {}).get("format")
+        if fmt not in ("pt", None):  # Flax params saved with safe_serialization
+          return "flax", path, False
+      return kind, path, sharded
+  return None, None, False
+
+
 def _from_pretrained(model_cls, name_or_path, config, dtype, what, **model_kwargs):
-  kwargs = dict(config=config, _do_init=False, dtype=dtype, **model_kwargs)
+  """`(model with _do_init=False, params)`: Flax weights through HF's
+  `from_pretrained`, PyTorch weights through `_convert_pytorch`."""
+  from transformers.utils.hub import get_checkpoint_shard_files  # pylint: disable=g-import-not-at-top
+
+  commit_hash = getattr(config, "_commit_hash", None)
   try:
-    return model_cls.from_pretrained(name_or_path, **kwargs)
+    kind, path, sharded = _find_weights(name_or_path, commit_hash)
+    if kind in ("safetensors", "bin"):
+      if kind == "bin":
+        _require_torch(name_or_path, what, os.path.basename(path))
+      files = (get_checkpoint_shard_files(name_or_path, path, _commit_hash=commit_hash)[0]
+               if sharded else [path])
+    else:  # Flax weights, or none: HF loads them or says what is missing
+      return model_cls.from_pretrained(name_or_path, config=config, _do_init=False,
+                                       dtype=dtype, **model_kwargs)
   except OSError as e:
-    if "from_pt" not in str(e):
-      raise UserError(f"{what}={name_or_path!r}: {str(e).splitlines()[0]}") from e
-    cause = e  # only PyTorch .bin weights
-  except ValueError as e:
-    if "_do_init=False" not in str(e):
-      raise
-    cause = e  # only PyTorch safetensors, which HF converts through model.params
+    raise UserError(f"{what}={name_or_path!r}: {str(e).splitlines()[0]}") from e
+  model = model_cls(config, _do_init=False, dtype=dtype, **model_kwargs)
+  try:
+    params = _convert_pytorch(model, files, kind)
+  except ValueError as e:  # HF's converter on a weight of the wrong shape
+    raise UserError(f"{what}={name_or_path!r}: {str(e).splitlines()[0]}") from e
+  logging.info("Converted the PyTorch %s weights of %s to Flax (%d file(s); every run: "
+               "save_pretrained the Flax params to skip this).", kind, name_or_path, len(files))
+  return model, params
+
+
+def _require_torch(name_or_path, what, filename):
   try:
     import torch  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     raise UserError(
-        f"{what}={name_or_path!r} has only PyTorch weights; converting them "
-        "needs torch: pip install torch (a CPU build is enough)."
-    ) from cause
-  logging.info("Converting PyTorch weights of %s to Flax (every run; save them "
-               "with save_pretrained to skip this).", name_or_path)
-  # HF's conversion reads model.params, which `_do_init=False` forbids:
-  # convert with an initialised model, then hand back its params.
-  kwargs["_do_init"] = True
-  model = model_cls.from_pretrained(name_or_path, from_pt=True, **kwargs)
-  return model, model.params
+        f"{what}={name_or_path!r} has only PyTorch .bin weights ({filename}); converting "
+        "them needs torch: pip install torch (a CPU build is enough)."
+    ) from None
+
+
+def _convert_pytorch(model, files, kind):
+  """Flax params of `model` from PyTorch weight files, without a random init.
+
+  HF's converter renames keys and transposes kernels against the model's
+  params, of which it reads only the tree and shapes: the abstract tree that
+  every `_do_init=False` model holds (`params_shape_tree`) serves. Its own
+  entry points read `model.params` (which `_do_init=False` forbids) and need
+  torch for shards, so we read the files here and call the shared converter.
+  """
+  from flax.core import unfreeze  # pylint: disable=g-import-not-at-top
+  from transformers.modeling_flax_pytorch_utils import convert_pytorch_state_dict_to_flax  # pylint: disable=g-import-not-at-top
+
+  target = types.SimpleNamespace(params=unfreeze(model.params_shape_tree),
+                                 base_model_prefix=model.base_model_prefix)
+  # On the host, as HF keeps `_do_init=False` Flax weights: converting on the
+  # accelerator would hold two copies of the checkpoint there.
+  with jax.default_device(jax.local_devices(backend="cpu")[0]):
+    state = {}
+    for path in files:
+      state.update(_read_pytorch(path, kind))
+    return convert_pytorch_state_dict_to_flax(state, target)
+
+
+def _read_pytorch(path, kind):
+  """{PyTorch key: tensor} of one weight file (a shard or the whole model)."""
+  if kind == "safetensors":
+    from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+
+    # The flax reader, not numpy's: numpy has no bfloat16.
+    with safe_open(path, framework="flax") as f:
+      return {k: f.get_tensor(k) for k in f.keys()}
+  import torch  # pylint: disable=g-import-not-at-top
+  from transformers.utils import check_torch_load_is_safe  # pylint: disable=g-import-not-at-top
+
+  check_torch_load_is_safe()
+  return torch.load(path, map_location="cpu", weights_only=True)

@@ -27,10 +27,7 @@ from zoomshot_jax import io_utils, sharding
 from zoomshot_jax.encoders import params as params_lib
 from zoomshot_jax.encoders.clip import CLIP
 from zoomshot_jax.evaluation.classnames import Prompts
-
-
-def l2_normalize(x, axis=-1, eps=1e-12):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
+from zoomshot_jax.ops import l2_normalize
 
 
 def default_cache_dir() -> str:

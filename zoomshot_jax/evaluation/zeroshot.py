@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 
 from zoomshot_jax import data, sharding
 from zoomshot_jax.encoders.preprocessing import PreprocessSpec
-from zoomshot_jax.evaluation.classifier import l2_normalize
+from zoomshot_jax.ops import l2_normalize
 
 
 @dataclasses.dataclass
@@ -63,23 +63,6 @@ def _make_step(feature_fn, logit_scale: float, k: int, mesh: Mesh):
   return step
 
 
-def replicate(tree, mesh: Mesh):
-  """Places a host-identical pytree on every device of a (multi-host) mesh.
-
-  Leaves already replicated on `mesh` are kept as they are, so callers that
-  evaluate several datasets place the parameters once.
-  """
-  rep = sharding.replicated(mesh)
-
-  def place(x):
-    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(rep, x.ndim):
-      return x
-    x = np.asarray(jax.device_get(x))
-    return jax.make_array_from_callback(x.shape, rep, lambda idx: x[idx])
-
-  return jax.tree.map(place, tree)
-
-
 def evaluate(feature_fn: Callable[[Any, jax.Array], jax.Array], variables,
              preprocess: PreprocessSpec, classifier: np.ndarray, logit_scale: float,
              source: data.Source, mesh: Mesh, batch_size: int,
@@ -100,11 +83,12 @@ def evaluate(feature_fn: Callable[[Any, jax.Array], jax.Array], variables,
                                        agree_steps=sharding.host_max)
   num_classes = classifier.shape[0]
   step = _make_step(feature_fn, logit_scale, min(5, num_classes), mesh)
-  variables = replicate(variables, mesh)
-  w = replicate(jnp.asarray(classifier, jnp.float32), mesh)
+  # Kept as they are if already replicated: callers place parameters once.
+  variables = sharding.replicate(variables, mesh)
+  w = sharding.replicate(jnp.asarray(classifier, jnp.float32), mesh)
   rows = sharding.batch_sharding(mesh)
   totals = None
-  kept_logits, kept_labels, kept_mask = [], [], []
+  kept = {"logits": [], "labels": [], "mask": []}
   start = last_log = time.time()
   for i, batch in enumerate(data.as_numpy(ds, f"dataset {source.name!r}")):
     g = sharding.to_global({k: batch[k] for k in ("image", "label", "mask")}, rows)
@@ -114,9 +98,9 @@ def evaluate(feature_fn: Callable[[Any, jax.Array], jax.Array], variables,
       totals["n"].block_until_ready()
     totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
     if keep_logits:
-      kept_logits.append(sharding.local_rows(logits))
-      kept_labels.append(batch["label"])
-      kept_mask.append(batch["mask"])
+      kept["logits"].append(sharding.local_rows(logits))
+      kept["labels"].append(batch["label"])
+      kept["mask"].append(batch["mask"])
     if time.time() - last_log > log_every_s:
       last_log = time.time()
       rate = (i + 1) / (last_log - start)
@@ -127,14 +111,9 @@ def evaluate(feature_fn: Callable[[Any, jax.Array], jax.Array], variables,
   result = EvalResult(top1=100.0 * int(totals["top1"]) / max(n, 1),
                       top5=100.0 * int(totals["topk"]) / max(n, 1), num_examples=n)
   if keep_logits:
-    # Host shares are contiguous and in process order: stacking them and
-    # dropping padding restores the dataset's order.
-    logits_all = sharding.gather_to_all_hosts(np.concatenate(kept_logits))
-    labels_all = sharding.gather_to_all_hosts(np.concatenate(kept_labels))
-    mask_all = sharding.gather_to_all_hosts(np.concatenate(kept_mask))
-    keep = mask_all.reshape(-1)
-    result.logits = logits_all.reshape(-1, num_classes)[keep]
-    result.labels = labels_all.reshape(-1)[keep]
+    mask = np.concatenate(kept.pop("mask"))
+    kept = sharding.gather_rows({k: np.concatenate(v) for k, v in kept.items()}, mask)
+    result.logits, result.labels = kept["logits"], kept["labels"]  # the dataset's order
   logging.info("%s: top1 %.2f%% top5 %.2f%% on %d examples (%.1fs).", source.name,
                result.top1, result.top5, n, time.time() - start)
   return result

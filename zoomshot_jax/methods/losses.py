@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from zoomshot_jax.evaluation.classifier import l2_normalize
+from zoomshot_jax.ops import l2_normalize
 from zoomshot_jax.methods import linear
 
 # Terms that compare the two encoders on the same image: meaningless when the

@@ -34,7 +34,8 @@ from zoomshot_jax.asif.relative import Searcher
 from zoomshot_jax.asif.sources import get_anchor_source
 from zoomshot_jax.asif.store import AnchorStore, encoder_info
 from zoomshot_jax.errors import UserError
-from zoomshot_jax.programs import zeroshot_eval
+from zoomshot_jax.evaluation import registry
+from zoomshot_jax.evaluation import results as results_lib
 
 STAGES = ("embed-anchors", "evaluate")
 
@@ -93,7 +94,7 @@ def evaluate_stage(config, workdir: str, store_dir: str, mesh, image_encoder,
   store.check_complete()
   store.check_encoders(encoder_info(image_encoder, "image"), encoder_info(text_encoder, "text"))
   asif_eval.check_k(config.k, store)
-  names = zeroshot_eval.parse_datasets(config.datasets)
+  names = registry.parse_datasets(config.datasets)
   if config.classnames_file and len(names) != 1:
     raise UserError(f"config.classnames_file applies to one dataset, but "
                     f"config.datasets names {len(names)}: {names}.")
@@ -109,12 +110,10 @@ def evaluate_stage(config, workdir: str, store_dir: str, mesh, image_encoder,
     results[q.name] = asif_eval.metrics(class_scores, q.labels)
     logging.info("%s: %s", q.name, results[q.name])
     if main and config.save_predictions:
-      io_utils.atomic_save_npz(zeroshot_eval.predictions_path(workdir, q.name),
+      io_utils.atomic_save_npz(results_lib.predictions_path(workdir, q.name),
                                labels=q.labels, logits=class_scores)
     if main and config.explain:
-      path = os.path.join(workdir, "explanations",
-                          os.path.basename(zeroshot_eval.predictions_path("", q.name))[:-4]
-                          + ".json")
+      path = os.path.join(workdir, "explanations", results_lib.output_name(q.name) + ".json")
       io_utils.atomic_write_json(path, asif_eval.explanations(
           q, prompt_scores, class_scores, store, config.p, config.explain))
   return results
@@ -136,5 +135,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   if "evaluate" not in stages:
     return {}
   results = evaluate_stage(config, workdir, store_dir, mesh, image_encoder, text_encoder)
-  zeroshot_eval.write_results(workdir, {"": results})
+  results_lib.write_results(workdir, {"": results})
   return results

@@ -29,7 +29,6 @@ from zoomshot_jax import data, io_utils, sharding
 from zoomshot_jax.encoders import CLIP, VisionEncoder
 from zoomshot_jax.encoders import params as params_lib
 from zoomshot_jax.errors import UserError
-from zoomshot_jax.evaluation.zeroshot import replicate
 
 MANIFEST = "manifest.json"
 FORMAT = "zoomshot_jax.features/1"
@@ -130,8 +129,8 @@ def extract(source: data.Source, vision: VisionEncoder, clip: CLIP, mesh, direct
   logging.info("Extracting %d of %d shards of %d examples into %s.", len(todo), num_shards,
                shard_size, directory)
   step = _extract_step(vision, clip, mesh)
-  vision_vars = replicate(vision.variables, mesh)
-  clip_params = replicate(clip.params, mesh)
+  vision_vars = sharding.replicate(vision.variables, mesh)
+  clip_params = sharding.replicate(clip.params, mesh)
   views = {"vision": vision.preprocess, "clip": clip.preprocess}
   local_bs = sharding.local_batch_size(batch_size, mesh, "extract_batch_size")
   rows = sharding.batch_sharding(mesh)
@@ -147,12 +146,9 @@ def extract(source: data.Source, vision: VisionEncoder, clip: CLIP, mesh, direct
       outs["vision"].append(sharding.local_rows(v).astype(storage_dtype))
       outs["clip"].append(sharding.local_rows(c).astype(storage_dtype))
       outs["mask"].append(batch["mask"])
-    # Host shares are contiguous and in process order: stacking the hosts'
-    # rows and dropping padding gives the shard in example order.
-    mask = sharding.gather_to_all_hosts(np.concatenate(outs["mask"])).reshape(-1)
-    arrays = {key: sharding.gather_to_all_hosts(np.concatenate(outs[key]))
-              for key in ("vision", "clip")}
-    arrays = {key: a.reshape(-1, a.shape[-1])[mask] for key, a in arrays.items()}
+    mask = np.concatenate(outs.pop("mask"))
+    arrays = sharding.gather_rows({k: np.concatenate(v) for k, v in outs.items()},
+                                  mask)  # the shard, in example order
     if not all(np.isfinite(a.astype(np.float32)).all() for a in arrays.values()):
       raise UserError(f"shard {s} of {directory}: the encoders produced NaN/Inf features "
                       f"(dtype {storage_dtype}); float16 overflows above 65504 - try "
@@ -160,7 +156,7 @@ def extract(source: data.Source, vision: VisionEncoder, clip: CLIP, mesh, direct
     if jax.process_index() == 0:
       io_utils.atomic_save_npz(_shard_path(directory, s), **arrays)
     multihost_utils.sync_global_devices(f"extract-shard:{directory}:{s}")
-    done_examples += int(mask.sum())
+    done_examples += len(arrays["vision"])
     elapsed = time.time() - start
     rate = done_examples / elapsed
     remaining = sum(min(n, (t + 1) * shard_size) - t * shard_size for t in todo[k + 1:])

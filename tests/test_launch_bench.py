@@ -1,0 +1,45 @@
+"""The benchmark scripts in launch/ parse their flags (the device-check ones too).
+
+Each script runs with the flags launch/device_check.sh passes, then --help:
+absl parses every flag before it and stops at --help (exit status 1, its
+convention), so an unknown or ill-typed flag shows up as a parsing error. No
+benchmark runs; the scripts start in parallel (under 5 s in all).
+"""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPTS = {
+    "bench_clip_throughput.py": ["--arch=l14", "--dtype=bfloat16", "--batch_size=256",
+                                 "--measure_peak_n=8192", "--json_out=/tmp/x.json"],
+    "bench_text_to_concept.py": ["--parts=t2c,zoomshot", "--zs_batches=256,1024",
+                                 "--zs_steps=5", "--json_out=/tmp/x.json"],
+    "bench_asif.py": ["--anchors=1600000", "--layouts=anchors", "--data_threads=4",
+                      "--torch_device=auto", "--time_limit=30", "--json_out=/tmp/x.json"],
+}
+
+
+def test_bench_scripts_parse_their_flags():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  procs = {name: subprocess.Popen(
+      [sys.executable, os.path.join(ROOT, "launch", name), *flags, "--help"],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+           for name, flags in SCRIPTS.items()}
+  for name, proc in procs.items():
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 1), (name, err[-2000:])
+    assert "Flags parsing error" not in err and "Traceback" not in err, (name, err[-2000:])
+    assert "Try --helpfull" in out, (name, out[-1000:], err[-2000:])
+    for flag in SCRIPTS[name]:
+      assert flag.split("=")[0].lstrip("-") in out, (name, flag)
+
+
+def test_device_check_help_and_syntax():
+  script = os.path.join(ROOT, "launch", "device_check.sh")
+  subprocess.run(["bash", "-n", script], check=True)
+  out = subprocess.run(["bash", script, "--help"], check=True, capture_output=True,
+                       text=True).stdout
+  assert "--smoke" in out and "--out=" in out
