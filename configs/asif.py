@@ -39,7 +39,9 @@ def get_config(arg=None):
 
   # Anchor pairs: tsv:<file> | jsonl:<file> | tfrecord:<glob> | tfds:<name>.
   config.anchors = ml_collections.ConfigDict()
-  config.anchors.source = "tfrecord:/data/cc12m/*.tfrecord"
+  # No default location: the paper's anchors are the user's CC12M TFRecords,
+  # e.g. --config.anchors.source='tfrecord:/data/cc12m/*.tfrecord'.
+  config.anchors.source = ""
   config.anchors.image_key = "jpg"           # TSV column / JSON key / TFRecord feature
   config.anchors.caption_key = "txt"
   config.anchors.split = "train"             # tfds sources only
@@ -63,27 +65,35 @@ def get_config(arg=None):
   config.dtype = "float32"
   config.random_init = False                 # random weights (smoke tests, benchmarks)
 
-  config.k = 800                             # anchors kept per relative representation
-  config.p = 8                               # power of the kept similarities
-  config.rule = "prompt_max"                 # argmax over prompts (reference) | template_mean
+  # The method (METHODS.md §3) and how its search is laid out.
+  config.asif = ml_collections.ConfigDict({
+      "k": 800,                  # anchors kept per relative representation
+      "p": 8,                    # power of the kept similarities
+      "rule": "prompt_max",      # argmax over prompts (reference) | template_mean
+      "query_chunk": 1024,       # query rows per search step (multiple of devices)
+      "anchor_block": 8192,      # anchors per similarity dot
+      "anchor_chunk": 0,         # 0: all anchors on the devices; N: stream N at a time
+      "reuse_reps": True,        # start from the workdir's cached rows (anchors added: update)
+  })
 
-  config.datasets = "imagenet2012,cifar100,oxford_iiit_pet"
-  config.split = "default"                   # "default": the papers' split per dataset
   config.data_dir = ""                       # tfds data_dir (eval datasets and tfds anchors)
   config.tfds_download = False
   config.verify_images = True
-  config.classnames_file = ""                # one dataset only
-  config.templates_file = ""
-  config.templates = "reference"             # noranta4/ASIF's templates where it has own | default
-  config.batch_size = 256                    # eval images per step (global)
-  config.text_batch_size = 256               # prompts per step
-
-  config.query_chunk = 1024                  # query rows per search step (multiple of devices)
-  config.anchor_block = 8192                 # anchors per similarity dot
-  config.anchor_chunk = 0                    # 0: all anchors on the devices; N: stream N at a time
-  config.reuse_reps = True                   # start from the workdir's cached rows (anchors added: update)
-  config.save_predictions = False
-  config.explain = 0                         # explain the first N predictions per dataset
+  # Stage evaluate: the evaluators (zoomshot_jax/evaluation/registry.py).
+  config.evals = ml_collections.ConfigDict({"asif": {
+      "type": "asif_classification",
+      "datasets": "imagenet2012,cifar100,oxford_iiit_pet",
+      "split": "default",        # "default": the papers' split per dataset
+      "classnames_file": "",     # one dataset only
+      "templates_file": "",
+      "templates": "reference",  # noranta4/ASIF's templates where it has its own | default
+      "batch_size": 256,         # eval images per step (global)
+      "text_batch_size": 256,    # prompts per step
+      "save_predictions": False,
+      "explain": 0,              # explain the first N predictions per dataset
+      "data_dir": config.get_ref("data_dir"), "tfds_download": config.get_ref("tfds_download"),
+      "verify_images": config.get_ref("verify_images"),
+  }})
   config.mesh = [("data", -1)]
 
   if setting == "coco":
@@ -94,13 +104,11 @@ def get_config(arg=None):
     config.text_encoder.checkpoint = common.CLIPS["b32"]
     config.text_encoder.pooling = "default"
   if setting == "tiny":
-    config.anchors.source = ""
     config.anchors.image_key, config.anchors.caption_key = "image", "caption"
     config.anchors.max_anchors = 0
     config.anchors.shard_size = 16
     config.anchors.batch_size = 8
     config.anchors.text_batch_size = 16
-    config.k, config.batch_size, config.text_batch_size = 8, 8, 16
-    config.query_chunk, config.anchor_block = 16, 8
-    config.templates = "default"
+    config.asif.update(k=8, query_chunk=16, anchor_block=8)
+    config.evals.asif.update(batch_size=8, text_batch_size=16, templates="default")
   return config

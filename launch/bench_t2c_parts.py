@@ -16,7 +16,7 @@ import time
 import numpy as np
 from absl import flags
 
-from bench_util import available_cores, conf  # launch/, beside this script
+from bench_util import available_cores  # launch/, beside this script
 
 FLAGS = flags.FLAGS
 
@@ -74,7 +74,7 @@ def torch_reference(v, c, cfg, seed: int, loader: str):
   opt = torch.optim.SGD(model.parameters(), lr=opt_cfg.learning_rate,
                         momentum=opt_cfg.momentum, weight_decay=opt_cfg.weight_decay)
   criterion = torch.nn.MSELoss()
-  bs = conf(cfg, "train.batch_size")
+  bs = cfg.train.batch_size
 
   def batches():
     if loader == "index":
@@ -89,7 +89,7 @@ def torch_reference(v, c, cfg, seed: int, loader: str):
         yield xb.to(device), yb.to(device)
 
   start = time.perf_counter()
-  for _ in range(conf(cfg, "train.epochs")):
+  for _ in range(cfg.train.epochs):
     epoch_loss = 0.0
     for xb, yb in batches():
       opt.zero_grad()
@@ -160,8 +160,8 @@ def run_epoch(mesh, zoomshot: dict | None, aligned, trainer_cls) -> dict:
     def extract(subset, name):
       start = time.perf_counter()
       features.extract(subset, vision, clip, mesh, os.path.join(root, name),
-                       {"part": name}, extract_bs, conf(cfg, "features.shard_size"),
-                       conf(cfg, "features.dtype", "feature_dtype"))
+                       {"part": name}, extract_bs, cfg.features.shard_size,
+                       cfg.features.dtype)
       return time.perf_counter() - start
 
     # Every extraction traces and compiles its step anew and fingerprints the

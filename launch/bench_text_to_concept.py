@@ -44,7 +44,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from bench_util import available_cores, conf, stub_missing, write_json  # launch/, beside this script
+from bench_util import available_cores, stub_missing, write_json  # launch/, beside this script
 from ml_collections import config_flags
 
 # `python launch/<script>.py` puts launch/ on the path, not the repo root.
@@ -88,7 +88,7 @@ flags.DEFINE_float("logit_scale", 100.0, "CLIP's exp(logit_scale) (OpenAI CLIP: 
 flags.DEFINE_integer("zs_steps", 100, "Timed Zoom-shot steps (part zoomshot).")
 flags.DEFINE_integer("zs_warmup", 5, "Untimed Zoom-shot steps first (compile, caches).")
 flags.DEFINE_list("zs_batches", [], "Part zoomshot: time these batch sizes, each with its own "
-                  "warm-up (default: --zs_config.batch_size alone).")
+                  "warm-up (default: --zs_config.train.batch_size alone).")
 flags.DEFINE_integer("epoch_images", 256, "Images of the generated folder (part epoch).")
 flags.DEFINE_integer("epoch_extract_batch", 32,
                      "Extract batch of part epoch (the binary's default, 256, suits "
@@ -177,7 +177,7 @@ def ours_closed_form(v, c, cfg, mesh):
   for _ in range(2):
     start = time.perf_counter()
     params = ridge.fit_arrays(v, c, mesh,
-                             weight_decay=conf(cfg, "zoomshot.ridge_weight_decay"))
+                             weight_decay=cfg.zoomshot.ridge_weight_decay)
     times.append(time.perf_counter() - start)
   return params, times[0], times[1]
 
@@ -190,9 +190,9 @@ def ours_sgd(v, c, cfg, mesh, seed: int):
   """
   # Features are aligned already (as they are for every method here).
   loss_fn = text_to_concept.make_loss_fn(zoomshot.aligned_features(1.0, 1.0))
-  batches = training.ArrayBatches({"vision": v, "clip": c}, conf(cfg, "train.batch_size"),
+  batches = training.ArrayBatches({"vision": v, "clip": c}, cfg.train.batch_size,
                                   seed, mesh)
-  total = conf(cfg, "train.epochs") * batches.steps_per_epoch
+  total = cfg.train.epochs * batches.steps_per_epoch
   tx = training.make_optimizer(cfg.optimizer, total)
   params = methods.init_params("text_to_concept", jax.random.PRNGKey(seed), v.shape[1],
                                c.shape[1])
@@ -218,9 +218,9 @@ def run_t2c(train, held, mesh) -> dict:
   opt = cfg.optimizer
   print(f"\n## Text-to-Concept fit: {len(v):,} x {v.shape[1]} -> {c.shape[1]} "
         f"(+{len(hv):,} held-out)\nrecipe: {opt.name} lr {opt.learning_rate:g} momentum "
-        f"{opt.momentum:g} weight decay {opt.weight_decay:g}, batch {conf(cfg, 'train.batch_size')}"
-        f", {conf(cfg, 'train.epochs')} epochs; closed form L2 "
-        f"{conf(cfg, 'zoomshot.ridge_weight_decay'):g}", flush=True)
+        f"{opt.momentum:g} weight decay {opt.weight_decay:g}, batch {cfg.train.batch_size}"
+        f", {cfg.train.epochs} epochs; closed form L2 "
+        f"{cfg.zoomshot.ridge_weight_decay:g}", flush=True)
   rows = []
 
   def add(name, params, wall, steady, note):
@@ -280,16 +280,16 @@ class ZoomshotTrainer:
   def __init__(self, v, c, class_norm: float, batch_size: int, mesh, seed: int):
     cfg = FLAGS.zs_config
     self.hyper = zoomshot.Hyper(
-        weights=tuple(sorted(dict(conf(cfg, "zoomshot.loss")).items())),
-        paired=conf(cfg, "zoomshot.paired"), pgkd_mode=conf(cfg, "zoomshot.pgkd_mode"),
-        tau=conf(cfg, "zoomshot.pgkd_temperature"), logit_scale=FLAGS.logit_scale,
-        class_norm=class_norm, text_batch=conf(cfg, "zoomshot.text_batch_size"))
+        weights=tuple(sorted(dict(cfg.zoomshot.loss).items())),
+        paired=cfg.zoomshot.paired, pgkd_mode=cfg.zoomshot.pgkd_mode,
+        tau=cfg.zoomshot.pgkd_temperature, logit_scale=FLAGS.logit_scale,
+        class_norm=class_norm, text_batch=cfg.zoomshot.text_batch_size)
     self.batches = training.ArrayBatches(
         {"vision": v, "clip": c}, batch_size, seed, mesh,
         groups=None if self.hyper.paired else [["vision"], ["clip"]])
     self.batch_size = batch_size
     tx = training.make_optimizer(cfg.optimizer,
-                                 conf(cfg, "train.epochs") * self.batches.steps_per_epoch)
+                                 cfg.train.epochs * self.batches.steps_per_epoch)
     params = methods.init_params("zoomshot", jax.random.PRNGKey(seed), v.shape[1], c.shape[1])
     self.state = sharding.replicate(training.init_state(params, tx), mesh)
     text, classes = prompt_set(FLAGS.classes, FLAGS.templates, c.shape[1], seed)
@@ -314,7 +314,7 @@ class ZoomshotTrainer:
 def run_zoomshot(train, class_norm: float, mesh) -> dict:
   cfg = FLAGS.zs_config
   v, c = train
-  batches = [int(b) for b in FLAGS.zs_batches] or [conf(cfg, "train.batch_size")]
+  batches = [int(b) for b in FLAGS.zs_batches] or [cfg.train.batch_size]
   rows = []
   for batch in batches:
     trainer = ZoomshotTrainer(v, c, class_norm, batch, mesh, FLAGS.rng_seed)
@@ -350,7 +350,7 @@ def main(argv):
   mesh = sharding.make_mesh([("data", -1)])
   for field, cfg in (("t2c_config", FLAGS.t2c_config), ("zs_config", FLAGS.zs_config)):
     # A multiple of the devices.
-    sharding.local_batch_size(conf(cfg, "train.batch_size"), mesh, f"{field}.train.batch_size")
+    sharding.local_batch_size(cfg.train.batch_size, mesh, f"{field}.train.batch_size")
   print(f"host: {available_cores()} usable cores; jax {jax.__version__} on "
         f"{jax.default_backend()} ({mesh.devices.size} x {jax.devices()[0].device_kind}); "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load average "

@@ -77,15 +77,3 @@ def stub_missing(modules=("tensorflow", "tensorflow_datasets", "clu")) -> list:
     # A spec, so that importlib.util.find_spec(m) (transformers asks) answers.
     sys.modules[m].__spec__ = importlib.machinery.ModuleSpec(m, None)
   return stubbed
-
-
-def conf(cfg, path: str, flat: str | None = None):
-  """The config field at dotted `path` (the grouped configs: train.batch_size),
-  else at `flat` or path's last name (the flat configs of earlier releases)."""
-  node = cfg
-  try:
-    for part in path.split("."):
-      node = node[part]
-    return node
-  except KeyError:
-    return cfg[flat or path.rsplit(".", 1)[-1]]

@@ -33,11 +33,13 @@ def env(tmp_path_factory):
           "more": toy.write_anchors(str(root / "b"), per_class=3, seed=4)}
 
 
-def _config(env, **overrides):
+def _config(env, datasets=None, **overrides):
   config = asif_config.get_config("tiny")
   config.anchors.source = "tsv:" + env["anchors"]
   config.image_encoder.checkpoint = env["vit"]
   config.text_encoder.checkpoint = env["bert"]
+  if datasets is not None:
+    config.evals.asif.datasets = datasets
   config.update_from_flattened_dict(overrides)
   return config
 
@@ -68,12 +70,13 @@ def _dense_results(workdir, dataset, store, k, p):
 def test_program_end_to_end(env, image_folder, tmp_path):
   work = str(tmp_path / "work")
   dataset = "folder:" + image_folder
-  config = _config(env, datasets=dataset, explain=2, save_predictions=True)
+  config = _config(env, datasets=dataset, **{"evals.asif.explain": 2,
+                                             "evals.asif.save_predictions": True})
   results = asif_program.run(config, work)
   assert json.loads(open(os.path.join(work, "results.json")).read()) == results
   store = AnchorStore.open(os.path.join(work, "anchors"))
   assert store.num_anchors == 24
-  ref, classes = _dense_results(work, dataset, store, config.k, config.p)
+  ref, classes = _dense_results(work, dataset, store, config.asif.k, config.asif.p)
   assert results[dataset]["num_examples"] == 21
   assert results[dataset]["top1"] == pytest.approx(ref["top1"])
   assert results[dataset]["top5"] == pytest.approx(ref["top5"])
@@ -114,7 +117,8 @@ def test_added_anchors_update_cached_rows_like_a_recompute(env, image_folder, tm
   monkeypatch.undo()
   fresh_work = str(tmp_path / "fresh")
   fresh = asif_program.run(_config(env, stage="evaluate", datasets=dataset,
-                                   anchors_dir=store_dir, reuse_reps=False, anchor_chunk=16),
+                                   anchors_dir=store_dir,
+                                   **{"asif.reuse_reps": False, "asif.anchor_chunk": 16}),
                            fresh_work)
   assert updated == fresh
   name = os.path.basename(results_lib.predictions_path("", dataset))
@@ -142,14 +146,18 @@ def embedded(env, tmp_path_factory):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"k": 30}, r"k=30 is larger than the number of anchors in .* \(24\)"),
+    ({"asif.k": 30}, r"k=30 is larger than the number of anchors in .* \(24\); set "
+                     r"--config.asif.k to at most 24"),
     ({"stage": "train"}, r"config.stage='train': give one or both of \['embed-anchors', "
                          r"'evaluate'\]"),
-    ({"rule": "vote"}, "config.rule='vote' is not one of"),
+    ({"asif.rule": "vote"}, "config.asif.rule='vote' is not one of"),
+    ({"evals.asif.templates": "clip"}, "config.evals.asif.templates='clip'"),
+    ({"evals.asif.type": "vqa"}, "config.evals.asif.type='vqa': expected one of"),
     ({"text_encoder.pooling": "cls", "stage": "evaluate"},
      r"was embedded with the text encoder bert .*differs in \['pooling', 'fingerprint'\]"),
     ({"anchors_dir": "/nonexistent/store", "stage": "evaluate"}, "has no manifest.json"),
-    ({"query_chunk": 12}, r"query_chunk=12 must be a positive multiple of the number of "
+    ({"anchors.source": "", "stage": "embed-anchors"}, "config.anchors.source is not set"),
+    ({"asif.query_chunk": 12}, r"query_chunk=12 must be a positive multiple of the number of "
                           r"devices \(8\)"),
 ])
 def test_program_user_errors(env, image_folder, embedded, overrides, message):
@@ -166,8 +174,9 @@ def _launch(workdir, overrides, devices=1, extra_env=None):
 
 def test_binary_two_processes_equal_one_and_user_errors(env, image_folder, tmp_path):
   common = {"anchors.source": "tsv:" + env["anchors"], "image_encoder.checkpoint": env["vit"],
-            "text_encoder.checkpoint": env["bert"], "datasets": "folder:" + image_folder,
-            "save_predictions": True, "batch_size": 4, "query_chunk": 8}
+            "text_encoder.checkpoint": env["bert"], "evals.asif.datasets": "folder:" + image_folder,
+            "evals.asif.save_predictions": True, "evals.asif.batch_size": 4,
+            "asif.query_chunk": 8}
   port = procs.free_port()
   running = {"single": _launch(tmp_path / "single", common)}
   for i in range(2):
@@ -178,7 +187,7 @@ def test_binary_two_processes_equal_one_and_user_errors(env, image_folder, tmp_p
   errors = {"counts": ({**common, "anchors.source": f"tsv:{bad}"},
                        "every pair needs an image and a caption, but there are 24 images and "
                        "23 captions"),
-            "k": ({**common, "k": 99}, "k=99 is larger than the number of anchors")}
+            "k": ({**common, "asif.k": 99}, "k=99 is larger than the number of anchors")}
   for name, (overrides, _) in errors.items():
     running[name] = _launch(tmp_path / name, overrides)
   out = {name: procs.wait(p)[1:] + (p.returncode,) for name, p in running.items()}

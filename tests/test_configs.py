@@ -28,7 +28,7 @@ DEFAULTS = {
     "asif": {"setting": "paper", "text": None},
     "demo": {"scale": "full", "renderer": "clean"},
 }
-MACHINE_PREFIXES = ("/tmp", "/home", "/root", "/Users", "~")
+MACHINE_PREFIXES = ("/tmp", "/home", "/root", "/Users", "~", "/data", "/mnt")
 
 
 def _key(table, value):
@@ -47,9 +47,9 @@ def _zoomshot_words(c):
 
 def _asif_setting(c):
   a = c.anchors
-  return _key({"paper": ("tfrecord:/data/cc12m/*.tfrecord", 1_600_000, 800),
+  return _key({"paper": ("", 1_600_000, 800),
                "coco": ("tfds:coco_captions", 0, 800), "tiny": ("", 0, 8)},
-              (a.source, a.max_anchors, c.k))
+              (a.source, a.max_anchors, c.asif.k))
 
 
 # What each config shows of each kind's word, read back from its fields.

@@ -297,19 +297,22 @@ def progress(stage: str, done: int, total: int, eta_s: float, extra: str = "") -
   """Reports `done` of `total` steps of `stage`, `eta_s` seconds to go.
 
   Every call is logged; the console gets a line at most every
-  PROGRESS_EVERY_S seconds (counted from the innermost open stage's start, or
-  from the first call), and none once done == total (the stage's own line
-  follows). `extra` (e.g. "loss=0.31, 900 samples/s") ends the line.
+  PROGRESS_EVERY_S seconds per innermost open stage (counted from its start;
+  outside any stage, per `stage` from its first call), and none once
+  done == total (the stage's own line follows). `extra` (e.g. "loss=0.31,
+  900 samples/s") ends the line.
   """
   text = (f"{stage}: {done}/{total} ({100 * done / max(total, 1):.0f}%), "
           f"ETA {format_seconds(eta_s)}" + (f", {extra}" if extra else ""))
   now = _clock()
   with _lock:
-    since = _state.last_progress.setdefault(
-        stage, _state.stages[-1][1] if _state.stages else now)
+    # One clock per open stage: its sub-steps (each split of the world, each
+    # dataset of an evaluation) share the budget of one line per period.
+    key, start = _state.stages[-1] if _state.stages else (stage, now)
+    since = _state.last_progress.setdefault(key, start)
     show = done < total and now - since >= PROGRESS_EVERY_S
     if show:
-      _state.last_progress[stage] = now
+      _state.last_progress[key] = now
   if show:
     echo(text)
   else:

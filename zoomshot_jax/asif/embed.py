@@ -20,7 +20,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from zoomshot_jax import data, sharding
+from zoomshot_jax import console, data, sharding
 from zoomshot_jax.asif.sources import AnchorSource
 from zoomshot_jax.asif.store import AnchorStore, encoder_info
 from zoomshot_jax.errors import UserError
@@ -167,8 +167,9 @@ def embed_anchors(path: str, source: AnchorSource, image_encoder, text_encoder,
                           batch_size, text_batch_size)
     store.write_shard(i, *arrays)
     rate = (done + 1) / (time.time() - t0)
-    logging.info("Anchors: wrote %s (%d pairs); ETA %.0fs.", store.shard_path(i), hi - lo,
-                 (len(mine) - done - 1) / rate)
+    logging.info("Anchors: wrote %s (%d pairs).", store.shard_path(i), hi - lo)
+    console.progress("embed anchors", done + 1, len(mine), (len(mine) - done - 1) / rate,
+                     f"{rate * (hi - lo):.0f} pairs/s")
   _sync("asif_shards")
   store = AnchorStore.open(path)
   if jax.process_index() == 0:

@@ -14,7 +14,9 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
+from typing import Any
+
+import jax
 
 import numpy as np
 import tensorflow as tf
@@ -23,8 +25,9 @@ from absl import logging
 from zoomshot_jax import data, evaluation, io_utils, sharding
 from zoomshot_jax.asif import embed, scoring
 from zoomshot_jax.asif.relative import Searcher, TopK
-from zoomshot_jax.asif.store import AnchorStore
+from zoomshot_jax.asif.store import AnchorStore, encoder_info
 from zoomshot_jax.errors import UserError
+from zoomshot_jax.evaluation import results as results_lib
 from zoomshot_jax.evaluation.classnames import Prompts
 
 # noranta4/ASIF (embdatasets.py) prompts ImageNet with CLIP's 7 selected
@@ -51,6 +54,18 @@ class Queries:
   key: str                          # what the cached rows depend on
 
 
+@dataclasses.dataclass
+class AsifModel:
+  """What the `asif_classification` evaluator evaluates: an anchor store, the
+  two encoders that made it, and the method's fields (config.asif: k, p,
+  rule, query_chunk, anchor_block, anchor_chunk, reuse_reps)."""
+
+  store_dir: str
+  image_encoder: Any
+  text_encoder: Any
+  method: Any
+
+
 def get_prompts(config, name: str, source: data.Source) -> Prompts:
   prompts = evaluation.get_prompts(name, source.num_classes, source.label_names,
                                    config.classnames_file, config.templates_file)
@@ -60,7 +75,7 @@ def get_prompts(config, name: str, source: data.Source) -> Prompts:
 
 
 def _cache_path(workdir: str, name: str) -> str:
-  return os.path.join(workdir, "asif_reps", re.sub(r"[^\w.\-]+", "_", name) + ".npz")
+  return os.path.join(workdir, "asif_reps", results_lib.output_name(name) + ".npz")
 
 
 def _load_cache(path: str, key: str) -> dict | None:
@@ -73,9 +88,13 @@ def _load_cache(path: str, key: str) -> dict | None:
   return cached
 
 
-def load_queries(config, workdir: str, name: str, mesh, image_encoder, text_encoder,
+def load_queries(config, method, workdir: str, name: str, mesh, image_encoder, text_encoder,
                  store: AnchorStore) -> Queries:
-  """Embeds a dataset's images and prompts, or reads them (and their rows) from the cache."""
+  """Embeds a dataset's images and prompts, or reads them (and their rows) from the cache.
+
+  Args:
+    config: the evaluator's group (config.evals.<name>); method: config.asif.
+  """
   split = (evaluation.DEFAULT_SPLITS.get(name, "test")
            if config.split == "default" else config.split)
   source = data.get_source(name, split, config.data_dir or None, config.tfds_download,
@@ -83,9 +102,9 @@ def load_queries(config, workdir: str, name: str, mesh, image_encoder, text_enco
   prompts = get_prompts(config, name, source)
   m = store.manifest
   key = hashlib.sha256(json.dumps([
-      m["store_id"], m["image_encoder"], m["text_encoder"], name, split, config.k,
+      m["store_id"], m["image_encoder"], m["text_encoder"], name, split, method.k,
       list(prompts.classnames), list(prompts.templates)]).encode()).hexdigest()
-  cached = _load_cache(_cache_path(workdir, name), key) if config.reuse_reps else None
+  cached = _load_cache(_cache_path(workdir, name), key) if method.reuse_reps else None
   n = int(cached["num_anchors"]) if cached is not None else -1
   # Every host must take the same path (the search is collective): the cache
   # is used only if all hosts read the same one (a host-local workdir may not).
@@ -183,5 +202,44 @@ def explanations(q: Queries, prompt_scores: np.ndarray, class_scores: np.ndarray
 def check_k(k: int, store: AnchorStore) -> None:
   if k > store.num_anchors:
     raise UserError(f"k={k} is larger than the number of anchors in {store.path!r} "
-                    f"({store.num_anchors}); set --config.k to at most {store.num_anchors} "
+                    f"({store.num_anchors}); set --config.asif.k to at most {store.num_anchors} "
                     "or add anchors.")
+
+
+def classification(cfg, model: AsifModel, mesh, workdir: str | None = None,
+                   name: str = "asif") -> dict[str, dict]:
+  """The `asif_classification` evaluator: zero-shot top-1/top-5 of every dataset
+  of `cfg.datasets` against the anchor store (all datasets share each pass
+  over the anchors); writes the rows cache, and with cfg.save_predictions /
+  cfg.explain the class scores and the anchors behind the first predictions."""
+  from zoomshot_jax.evaluation import registry  # pylint: disable=g-import-not-at-top
+  m = model.method
+  store = AnchorStore.open(model.store_dir)
+  store.check_complete()
+  store.check_encoders(encoder_info(model.image_encoder, "image"),
+                       encoder_info(model.text_encoder, "text"))
+  check_k(m.k, store)
+  names = registry.parse_datasets(cfg.datasets, f"evals.{name}.datasets")
+  if cfg.classnames_file and len(names) != 1:
+    raise UserError(f"config.evals.{name}.classnames_file applies to one dataset, but "
+                    f"config.evals.{name}.datasets names {len(names)}: {names}.")
+  workdir = workdir or ""
+  searcher = Searcher(mesh, m.k, m.query_chunk, m.anchor_block)
+  queries = [load_queries(cfg, m, workdir, d, mesh, model.image_encoder, model.text_encoder,
+                          store) for d in names]
+  search_all(queries, searcher, store, m.anchor_chunk)
+  results, main = {}, jax.process_index() == 0
+  for q in queries:
+    if main:
+      save_cache(workdir, q)
+    prompt_scores, class_scores = score(q, mesh, m.p, m.rule)
+    results[q.name] = metrics(class_scores, q.labels)
+    logging.info("%s: %s", q.name, results[q.name])
+    if main and cfg.save_predictions:
+      io_utils.atomic_save_npz(results_lib.predictions_path(workdir, q.name),
+                               labels=q.labels, logits=class_scores)
+    if main and cfg.explain:
+      path = os.path.join(workdir, "explanations", results_lib.output_name(q.name) + ".json")
+      io_utils.atomic_write_json(path, explanations(q, prompt_scores, class_scores, store, m.p,
+                                                    cfg.explain))
+  return results

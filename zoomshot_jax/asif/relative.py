@@ -286,7 +286,7 @@ class Searcher:
       end = chunk.end
     if end < self.k:
       raise UserError(f"k={self.k} is larger than the number of anchors ({end}); "
-                      f"set --config.k to at most {end} or add anchors.")
+                      f"set --config.asif.k to at most {end} or add anchors.")
     sims = np.concatenate([sharding.fetch_global(c[0]) for c in carry])[:n]
     idx = np.concatenate([sharding.fetch_global(c[1]) for c in carry])[:n]
     return TopK(sims=sims, idx=idx, num_anchors=end)

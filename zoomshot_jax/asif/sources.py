@@ -55,6 +55,11 @@ class AnchorSource:
 
 
 def _split_spec(spec: str) -> tuple[str, str]:
+  if not spec:
+    raise UserError("config.anchors.source is not set: give the image–caption pairs, e.g. "
+                    "--config.anchors.source='tfrecord:/data/cc12m/*.tfrecord' (img2dataset "
+                    "TFRecords of CC12M, the paper's anchors), tsv:<file>, jsonl:<file> or "
+                    "tfds:coco_captions.")
   kind, sep, rest = spec.partition(":")
   if not sep or kind not in KINDS or not rest:
     raise UserError(f"anchors.source={spec!r}: expected <kind>:<path or name> with kind "

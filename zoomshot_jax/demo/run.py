@@ -90,8 +90,11 @@ def _write_prompts(workdir: str, config) -> dict[str, str]:
 
 
 def map_config(config, method: str, dataset: str, data_dir: str, clip_dir: str,
-               vision_dir: str, prompts: dict[str, str], cache_dir: str):
-  """The Zoom-shot binary's config for one method on the world."""
+               vision_dir: str, prompts: dict[str, str], cache_dir: str, num_images: int):
+  """The Zoom-shot binary's config for one method on the world.
+
+  `num_images`: the size of map_train; what the maps do not train on is held out.
+  """
   c = zoomshot_config.get_config()
   m, z = config.maps, c.zoomshot
   z.method = method
@@ -100,7 +103,7 @@ def map_config(config, method: str, dataset: str, data_dir: str, clip_dir: str,
   c.vision.update({"name": "resnet", "checkpoint": vision_dir, "pooling": "pooler"})
   c.data_dir = data_dir
   c.data.update(dataset=dataset, split="map_train", train_fraction=m.train_fraction,
-                heldout_examples=1_000_000)  # all of map_train that is not trained on
+                heldout_examples=num_images - max(1, round(m.train_fraction * num_images)))
   c.features.update(cache_dir=cache_dir, dtype="float32", batch_size=config.batch_size)
   c.train.update(batch_size=m.batch_size, epochs=m.epochs, log_every=20,
                  eval_every=1_000_000, checkpoint_every=1_000_000)
@@ -189,7 +192,7 @@ def run(config, workdir: str) -> dict:
   for method in ("text_to_concept", "zoomshot"):
     with _stage(f"maps: {method}", timings):
       c = map_config(config, method, dataset, data_dir, clip_dir, vision_dir, prompts,
-                     cache_dir)
+                     cache_dir, int(builder.info.splits["map_train"].num_examples))
       out = zoomshot.run(c, os.path.join(workdir, "maps", method))
       results.update({k: v[dataset] for k, v in out["results"].items()})
       results[method]["heldout"] = out["export"]["heldout"]

@@ -23,7 +23,7 @@ import tensorflow as tf
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from zoomshot_jax import io_utils, sharding
+from zoomshot_jax import console, io_utils, sharding
 from zoomshot_jax.encoders import params as params_lib
 from zoomshot_jax.encoders.clip import CLIP
 from zoomshot_jax.evaluation.classnames import Prompts
@@ -83,7 +83,7 @@ def encode_texts(clip: CLIP, texts: list[str], batch_size: int = 256) -> np.ndar
       out[-3].block_until_ready()
     if i and i % (50 * batch_size) == 0:
       rate = i / (time.time() - start)
-      logging.info("Text features: %d/%d prompts, ETA %.0fs.", i, n, (n - i) / rate)
+      console.progress("text features", i, n, (n - i) / rate, f"{rate:.0f} prompts/s")
   return np.concatenate([np.asarray(o) for o in out])[:n]
 
 

@@ -1,14 +1,17 @@
 """Evaluators by name: `config.evals.<name>.type` picks one (as big_vision does).
 
-An evaluator is `evaluate(cfg, model, mesh, workdir) -> {dataset: metrics}`,
-with `cfg` its own config group and `model` what is evaluated: image features
-in CLIP space (`feature_fn(variables, uint8 images) -> [B, d]` with its
-preprocessing) and the CLIP whose text tower makes the classifiers. Every
-program runs its `config.evals` through `run`, so a VQA or SNLI-VE evaluator
-joins by adding an entry to EVALUATORS and a group to a config.
+An evaluator is `evaluate(cfg, model, mesh, workdir, name) -> {dataset: metrics}`,
+with `cfg` its own config group (`config.evals.<name>`) and `model` what the
+program evaluates, of the kind that evaluator takes. Every program runs its
+`config.evals` through `run`, so a VQA or SNLI-VE evaluator joins by adding an
+entry to EVALUATORS and a group to a config.
 
-  zeroshot_classification   top-1/top-5 with CLIP's prompt-ensembled
-                            classifier on tfds datasets and image folders
+  zeroshot_classification   top-1/top-5 with CLIP's prompt-ensembled classifier
+                            on tfds datasets and image folders; model: `Model`
+                            (image features in CLIP space and the CLIP whose
+                            text tower makes the classifiers)
+  asif_classification       ASIF's top-1/top-5 against an anchor store;
+                            model: `asif.evaluate.AsifModel`
 """
 
 from __future__ import annotations
@@ -84,7 +87,15 @@ def zeroshot_classification(cfg, model: Model, mesh, workdir: str | None = None,
   return results
 
 
-EVALUATORS = {"zeroshot_classification": zeroshot_classification}
+def asif_classification(cfg, model, mesh, workdir: str | None = None,
+                        name: str = "asif") -> dict[str, dict]:
+  # Imported here: the other programs need none of ASIF's machinery.
+  from zoomshot_jax.asif import evaluate as asif_evaluate  # pylint: disable=g-import-not-at-top
+  return asif_evaluate.classification(cfg, model, mesh, workdir, name)
+
+
+EVALUATORS = {"zeroshot_classification": zeroshot_classification,
+              "asif_classification": asif_classification}
 
 
 def check(evals) -> None:

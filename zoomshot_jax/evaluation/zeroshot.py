@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from zoomshot_jax import data, sharding
+from zoomshot_jax import console, data, sharding
 from zoomshot_jax.encoders.preprocessing import PreprocessSpec
 from zoomshot_jax.ops import l2_normalize
 
@@ -104,8 +104,8 @@ def evaluate(feature_fn: Callable[[Any, jax.Array], jax.Array], variables,
     if time.time() - last_log > log_every_s:
       last_log = time.time()
       rate = (i + 1) / (last_log - start)
-      logging.info("%s: step %d/%d, %.1f steps/s, ETA %.0fs", source.name, i + 1, num_steps,
-                   rate, (num_steps - i - 1) / rate)
+      console.progress(f"evaluate {source.name}", i + 1, num_steps, (num_steps - i - 1) / rate,
+                       f"{rate:.1f} steps/s")
   totals = jax.device_get(totals)
   n = int(totals["n"])
   result = EvalResult(top1=100.0 * int(totals["top1"]) / max(n, 1),

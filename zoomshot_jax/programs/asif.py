@@ -7,7 +7,8 @@ this order):
                  text encoders into the anchor store (anchors_dir); resumable,
                  and with anchors.append=True a new source is added after the
                  anchors already there
-  evaluate       zero-shot top-1/top-5 of config.datasets against the store
+  evaluate       the evaluators of config.evals (asif_classification: zero-shot
+                 top-1/top-5 of config.evals.asif.datasets against the store)
 
 Writes into the workdir:
   config.json                  the config, as run
@@ -29,10 +30,9 @@ from absl import logging
 
 from zoomshot_jax import encoders, io_utils, sharding
 from zoomshot_jax.asif import embed, scoring
-from zoomshot_jax.asif import evaluate as asif_eval
-from zoomshot_jax.asif.relative import Searcher
+from zoomshot_jax.asif.evaluate import AsifModel
 from zoomshot_jax.asif.sources import get_anchor_source
-from zoomshot_jax.asif.store import AnchorStore, encoder_info
+from zoomshot_jax.asif.store import AnchorStore
 from zoomshot_jax.errors import UserError
 from zoomshot_jax.evaluation import registry
 from zoomshot_jax.evaluation import results as results_lib
@@ -50,16 +50,20 @@ def parse_stages(spec: str) -> list[str]:
 
 
 def _check(config) -> None:
-  if config.rule not in scoring.RULES:
-    raise UserError(f"config.rule={config.rule!r} is not one of {list(scoring.RULES)}.")
-  if config.p <= 0:
-    raise UserError(f"config.p={config.p} must be positive (the paper uses 8).")
-  if config.templates not in ("reference", "default"):
-    raise UserError(f"config.templates={config.templates!r}: use 'reference' (noranta4/ASIF's "
-                    "templates where it has its own) or 'default' (the evaluator's).")
-  if config.anchor_chunk < 0:
-    raise UserError(f"config.anchor_chunk={config.anchor_chunk} must be >= 0 "
+  a = config.asif
+  if a.rule not in scoring.RULES:
+    raise UserError(f"config.asif.rule={a.rule!r} is not one of {list(scoring.RULES)}.")
+  if a.p <= 0:
+    raise UserError(f"config.asif.p={a.p} must be positive (the paper uses 8).")
+  if a.anchor_chunk < 0:
+    raise UserError(f"config.asif.anchor_chunk={a.anchor_chunk} must be >= 0 "
                     "(0: all anchors in device memory).")
+  registry.check(config.evals)
+  for name, e in config.evals.items():
+    if e.get("templates", "default") not in ("reference", "default"):
+      raise UserError(f"config.evals.{name}.templates={e.templates!r}: use 'reference' "
+                      "(noranta4/ASIF's templates where it has its own) or 'default' (the "
+                      "evaluator's).")
 
 
 def load_encoders(config):
@@ -88,37 +92,6 @@ def open_source(config, store_dir: str):
   return source
 
 
-def evaluate_stage(config, workdir: str, store_dir: str, mesh, image_encoder,
-                   text_encoder) -> dict[str, dict]:
-  store = AnchorStore.open(store_dir)
-  store.check_complete()
-  store.check_encoders(encoder_info(image_encoder, "image"), encoder_info(text_encoder, "text"))
-  asif_eval.check_k(config.k, store)
-  names = registry.parse_datasets(config.datasets)
-  if config.classnames_file and len(names) != 1:
-    raise UserError(f"config.classnames_file applies to one dataset, but "
-                    f"config.datasets names {len(names)}: {names}.")
-  searcher = Searcher(mesh, config.k, config.query_chunk, config.anchor_block)
-  queries = [asif_eval.load_queries(config, workdir, name, mesh, image_encoder, text_encoder,
-                                    store) for name in names]
-  asif_eval.search_all(queries, searcher, store, config.anchor_chunk)
-  results, main = {}, jax.process_index() == 0
-  for q in queries:
-    if main:
-      asif_eval.save_cache(workdir, q)
-    prompt_scores, class_scores = asif_eval.score(q, mesh, config.p, config.rule)
-    results[q.name] = asif_eval.metrics(class_scores, q.labels)
-    logging.info("%s: %s", q.name, results[q.name])
-    if main and config.save_predictions:
-      io_utils.atomic_save_npz(results_lib.predictions_path(workdir, q.name),
-                               labels=q.labels, logits=class_scores)
-    if main and config.explain:
-      path = os.path.join(workdir, "explanations", results_lib.output_name(q.name) + ".json")
-      io_utils.atomic_write_json(path, asif_eval.explanations(
-          q, prompt_scores, class_scores, store, config.p, config.explain))
-  return results
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   stages = parse_stages(config.stage)
   _check(config)
@@ -134,6 +107,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
                         a.batch_size, a.text_batch_size, a.append)
   if "evaluate" not in stages:
     return {}
-  results = evaluate_stage(config, workdir, store_dir, mesh, image_encoder, text_encoder)
+  model = AsifModel(store_dir, image_encoder, text_encoder, config.asif)
+  results = registry.run(config.evals, model, mesh, workdir)
   results_lib.write_results(workdir, {"": results})
   return results

@@ -1,6 +1,6 @@
 """Orbax checkpoints of the training state, with resume checks.
 
-The state is a plain pytree {"params", "opt_state", "step"}; saves are
+The state is a plain pytree {"params", "model_state", "opt_state", "step"}; saves are
 asynchronous (training goes on while the previous step's state is written),
 every `every` steps and at the end, keeping the last `keep`. Orbax writes a
 step to a temporary directory and renames it when complete, so a run killed
@@ -42,8 +42,8 @@ def restore_latest(mngr: ocp.CheckpointManager, state):
   step = mngr.latest_step()
   if step is None:
     return state, 0
-  # The maps' shapes say which encoders and method made the checkpoint (the
-  # optimizer state mirrors them).
+  # The parameters' shapes say which model (and, for maps, which encoders)
+  # made the checkpoint; the optimizer state mirrors them.
   found = _shapes(mngr.item_metadata(step)["params"])
   expected = _shapes(state["params"])
   if found != expected:
@@ -52,14 +52,15 @@ def restore_latest(mngr: ocp.CheckpointManager, state):
     diffs += [f"{k}: only in the checkpoint" for k in found if k not in expected]
     raise UserError(
         f"checkpoint {mngr.directory}/{step} does not fit this config "
-        f"(params {'; '.join(diffs[:4])}). It was trained with other encoders, dims or "
-        "method; use a new workdir, or the config it was made with (config.json beside it).")
+        f"(params {'; '.join(diffs[:4])}). It was trained with another model, other "
+        "encoders or dims; use a new workdir, or the config it was made with (config.json "
+        "beside it).")
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   try:
     restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
   except (ValueError, KeyError, TypeError) as e:
     raise UserError(
-        f"checkpoint {mngr.directory}/{step} has the same maps but another optimizer "
+        f"checkpoint {mngr.directory}/{step} has the same parameters but another optimizer "
         f"state ({str(e).splitlines()[0][:200]}); was config.optimizer changed? Use a new "
         "workdir, or the config it was made with (config.json beside it).") from e
   logging.info("Resumed from %s at step %d.", mngr.directory, step)

@@ -25,7 +25,7 @@ import tensorflow as tf
 from absl import logging
 from jax.experimental import multihost_utils
 
-from zoomshot_jax import data, io_utils, sharding
+from zoomshot_jax import console, data, io_utils, sharding
 from zoomshot_jax.encoders import CLIP, VisionEncoder
 from zoomshot_jax.encoders import params as params_lib
 from zoomshot_jax.errors import UserError
@@ -160,8 +160,8 @@ def extract(source: data.Source, vision: VisionEncoder, clip: CLIP, mesh, direct
     elapsed = time.time() - start
     rate = done_examples / elapsed
     remaining = sum(min(n, (t + 1) * shard_size) - t * shard_size for t in todo[k + 1:])
-    logging.info("Extract: shard %d/%d, %.1f images/s, ETA %.0fs.", s + 1, num_shards, rate,
-                 remaining / max(rate, 1e-9))
+    console.progress(f"extract {os.path.basename(directory)}", s + 1, num_shards,
+                     remaining / max(rate, 1e-9), f"{rate:.1f} images/s")
   manifest = {**expected, "complete": True}
   if jax.process_index() == 0:
     io_utils.atomic_write_json(os.path.join(directory, MANIFEST), manifest)

@@ -28,6 +28,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
+from zoomshot_jax import console
 from zoomshot_jax.errors import UserError
 from zoomshot_jax.world import render
 
@@ -231,8 +232,8 @@ class ShapesWorld(tfds.core.GeneratorBasedBuilder):
         yield i, example
         if (i + 1) * 10 >= next_log * n:  # every 10%
           elapsed = time.time() - start
-          logging.info("shapes_world/%s %s: %d/%d examples, %.0f s, ETA %.0f s.",
-                       cfg.name, split, i + 1, n, elapsed, elapsed * (n / (i + 1) - 1))
+          console.progress(f"shapes_world/{cfg.name} {split}", i + 1, n,
+                           elapsed * (n / (i + 1) - 1))
           next_log += 1
 
 
