@@ -94,6 +94,9 @@ def get_config(arg=None):
       "data_dir": config.get_ref("data_dir"), "tfds_download": config.get_ref("tfds_download"),
       "verify_images": config.get_ref("verify_images"),
   }})
+  # jax's persistent compilation cache: "" = $ZOOMSHOT_CACHE/jax or
+  # ~/.cache/zoomshot_jax/jax; a directory or gs:// path; "none" = off.
+  config.compilation_cache = ""
   config.mesh = [("data", -1)]
 
   if setting == "coco":

@@ -77,6 +77,9 @@ def get_config(arg=None):
   config.asif = ml_collections.ConfigDict({"anchors": 20_000, "k": 400, "p": 8})
 
   config.batch_size = 256          # feature extraction and evaluation
+  # jax's persistent compilation cache: "" = $ZOOMSHOT_CACHE/jax or
+  # ~/.cache/zoomshot_jax/jax; a directory or gs:// path; "none" = off.
+  config.compilation_cache = ""
   config.mesh = [("data", -1)]
 
   if micro:

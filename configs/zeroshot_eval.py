@@ -30,5 +30,8 @@ def get_config(arg=None):
   config.verify_images = True     # check every folder: file is an image (headers) first
   config.evals = ml_collections.ConfigDict({"zeroshot": common.zeroshot_eval(
       common.DATASET_GROUPS[words.get("datasets", "imagenet")], config)})
+  # jax's persistent compilation cache: "" = $ZOOMSHOT_CACHE/jax or
+  # ~/.cache/zoomshot_jax/jax; a directory or gs:// path; "none" = off.
+  config.compilation_cache = ""
   config.mesh = [("data", -1)]
   return config

@@ -107,6 +107,9 @@ def get_config(arg=None):
   config.evals = ml_collections.ConfigDict({"zeroshot": common.zeroshot_eval(
       common.DATASET_GROUPS["all"], config)})
   config.reference_clip = True
+  # jax's persistent compilation cache: "" = $ZOOMSHOT_CACHE/jax or
+  # ~/.cache/zoomshot_jax/jax; a directory or gs:// path; "none" = off.
+  config.compilation_cache = ""
   config.mesh = [("data", -1)]
   if toy:
     _toy(config)

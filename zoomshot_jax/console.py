@@ -354,7 +354,8 @@ def stage(name: str, timings: dict | None = None, capture_stdout: bool = False):
   notices) goes to the log, unless setup() was verbose; console lines still
   reach the terminal. A failing block prints "<name>: failed after ...".
   """
-  t0 = _clock()
+  from zoomshot_jax import compile_cache  # pylint: disable=g-import-not-at-top
+  t0, compiled = _clock(), compile_cache.snapshot()
   with _lock:
     _state.stages.append((name, t0))
   capture = capture_stdout and _state.stdout is None and not _state.verbose
@@ -380,5 +381,7 @@ def stage(name: str, timings: dict | None = None, capture_stdout: bool = False):
     elapsed = _clock() - t0
     if timings is not None:
       timings[name] = round(elapsed, 1)
-    echo(f"{name}: {'done in' if ok else 'failed after'} {format_seconds(elapsed)}")
+    jit = compile_cache.summary(compiled)
+    echo(f"{name}: {'done in' if ok else 'failed after'} {format_seconds(elapsed)}"
+         + (f" ({jit})" if jit else ""))
 

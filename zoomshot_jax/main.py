@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from zoomshot_jax import console, sharding
+from zoomshot_jax import compile_cache, console, sharding
 from zoomshot_jax.errors import UserError
 from zoomshot_jax.programs import PROGRAMS
 
@@ -74,6 +74,8 @@ def main(argv):
     _fail(f"--config: {_one_line(str(e))}")
   try:
     console.setup(FLAGS.workdir, verbose=verbose())
+    logging.info("Compilation cache: %s.",
+                 compile_cache.setup(config.get("compilation_cache", "")) or "off")
     sharding.initialize_distributed()
     if config.program not in PROGRAMS:
       raise UserError(f"config.program={config.program!r} is not one of {sorted(PROGRAMS)}.")

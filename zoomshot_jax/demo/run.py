@@ -6,7 +6,8 @@ Workdir layout:
   models/vision-<hash>/      the tiny ResNet
   pretrain/<model>-<hash>/   their Orbax checkpoints and TensorBoard logs
   maps/<method>/             Zoom-shot and Text-to-Concept runs of the
-                             Zoom-shot binary (features shared in maps/features)
+                             Zoom-shot binary (features shared in
+                             maps/features-<hash>)
   prompts/                   class names and the two template sets
   results.json, results.png  the table and its bar chart
 """
@@ -188,11 +189,15 @@ def run(config, workdir: str) -> dict:
   prompts = _write_prompts(workdir, config)
 
   results = {}
-  cache_dir = os.path.join(workdir, "maps", "features")
+  num_map = int(builder.info.splits["map_train"].num_examples)
+  # Named by what the features depend on: a workdir of other settings (or of
+  # an earlier release) extracts anew instead of being refused.
+  cache_dir = os.path.join(workdir, "maps", "features-" + _hash(
+      world_name, clip_dir, vision_dir, config.maps.train_fraction, num_map))
   for method in ("text_to_concept", "zoomshot"):
     with _stage(f"maps: {method}", timings):
       c = map_config(config, method, dataset, data_dir, clip_dir, vision_dir, prompts,
-                     cache_dir, int(builder.info.splits["map_train"].num_examples))
+                     cache_dir, num_map)
       out = zoomshot.run(c, os.path.join(workdir, "maps", method))
       results.update({k: v[dataset] for k, v in out["results"].items()})
       results[method]["heldout"] = out["export"]["heldout"]

@@ -1,0 +1,54 @@
+"""The persistent compilation cache: a second process loads what the first compiled."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = """
+import json, sys
+from zoomshot_jax import compile_cache, console
+path = compile_cache.setup(sys.argv[1])
+import jax, jax.numpy as jnp
+before = compile_cache.snapshot()
+with console.stage("fit"):   # its line says what the cache did
+  f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum(0))
+  f(jnp.ones((16, 16))).block_until_ready()
+  f(jnp.ones((32, 16))).block_until_ready()   # a second shape: a second compilation
+print(json.dumps({"path": path, "summary": compile_cache.summary(before),
+                  **compile_cache.snapshot()}))
+"""
+
+
+def _run(value):
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  out = subprocess.run([sys.executable, "-c", SCRIPT, value], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120, check=True)
+  lines = out.stdout.strip().splitlines()
+  return {**json.loads(lines[-1]), "stage_line": lines[-2]}
+
+
+def test_second_process_loads_every_compilation_from_the_cache(tmp_path):
+  cache = str(tmp_path / "jax_cache")
+  first, second = _run(cache), _run(cache)
+  assert first["path"] == cache and os.listdir(cache)
+  assert first["compiles"] >= 2 and first["hits"] == 0
+  assert second["compiles"] == first["compiles"] and second["hits"] == second["compiles"]
+  assert second["summary"].startswith(f"{second['compiles']} compilations "
+                                      f"({second['hits']} from the cache)")
+  assert second["stage_line"].startswith("fit: done in ")
+  assert f"({second['compiles']} compilations ({second['compiles']} from the cache), " in (
+      second["stage_line"])
+  assert "(0 from the cache)" in first["stage_line"]
+
+
+def test_none_switches_it_off(tmp_path, monkeypatch):
+  monkeypatch.setenv("ZOOMSHOT_CACHE", str(tmp_path / "user_cache"))
+  off = _run("none")
+  assert off["path"] is None and off["hits"] == 0 and off["compiles"] >= 2
+  assert not (tmp_path / "user_cache").exists()
+  default = _run("")   # "" = the user cache dir
+  assert default["path"] == str(tmp_path / "user_cache" / "jax")
+  assert os.listdir(default["path"])
