@@ -47,10 +47,16 @@ def get_config(arg=None):
   # The tiny CLIP: ViT image tower, word-level text tower, trained
   # contrastively on the clip_train split's captions.
   config.clip = ml_collections.ConfigDict({
-      "steps": 1200, "batch_size": 128, "learning_rate": 1e-3, "warmup_steps": 100,
+      "steps": 2400, "batch_size": 128, "learning_rate": 1e-3, "warmup_steps": 100,
       "weight_decay": 0.05, "seed": 0, "log_every": 100, "checkpoint_every": 200,
       "width": 96, "layers": 3, "heads": 4, "patch_size": 8,
       "text_width": 64, "text_layers": 2, "max_length": 16, "projection_dim": 64,
+      # ViT-style init (xavier Dense kernels) instead of N(0, 0.02): with it
+      # the tower learns shape several times faster (README, The demo world).
+      "init": "vit",           # or "normal": N(0, 0.02) for every kernel
+      # Random flips and quarter turns of every training image: the world's
+      # classes and captions do not change under them (no position words).
+      "augment": True,
   })
   # The tiny vision encoder (ResNet), trained without text on which shapes
   # and which colours an image contains (multi-label).

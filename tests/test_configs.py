@@ -67,7 +67,7 @@ OBSERVE = {
         "text": ("clip_text" if (c.text_encoder.name, c.text_encoder.checkpoint)
                  == ("clip", "openai/clip-vit-base-patch32") else None)},
     "demo": lambda c: {
-        "scale": _key({"full": ("full", 1200, 256), "micro": ("micro", 12, 64)},
+        "scale": _key({"full": ("full", 2400, 256), "micro": ("micro", 12, 64)},
                       (c.world.scale, c.clip.steps, c.batch_size)),
         "renderer": c.world.renderer},
 }

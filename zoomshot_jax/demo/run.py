@@ -180,6 +180,7 @@ def run(config, workdir: str) -> dict:
   if w.scale not in world.SPLIT_SIZES:
     raise UserError(f"config.world.scale={w.scale!r}: expected one of "
                     f"{sorted(world.SPLIT_SIZES)}.")
+  models.tiny_clip.check(config.clip)
   world_name = world.config_name(w.renderer, w.seed, micro=w.scale == "micro")
   dataset = f"shapes_world/{world_name}"
   data_dir = w.data_dir or os.path.join(workdir, "tfds")

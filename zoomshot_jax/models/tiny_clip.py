@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -17,6 +18,7 @@ import optax
 from zoomshot_jax import encoders, io_utils, training
 from zoomshot_jax.encoders import params as params_lib
 from zoomshot_jax.encoders.testing import write_preprocessor
+from zoomshot_jax.errors import UserError
 from zoomshot_jax.models import recipe
 
 
@@ -35,6 +37,43 @@ def build(cfg: ml_collections.ConfigDict, vocab_size: int, image_size: int):
                          image_size=image_size, patch_size=cfg.patch_size),
       projection_dim=cfg.projection_dim)
   return FlaxCLIPModel(config, _do_init=False)
+
+
+INITS = ("vit", "normal")
+
+
+def check(cfg) -> None:
+  """Refuses a bad config.clip before anything is trained."""
+  if cfg.init not in INITS:
+    raise UserError(f"config.clip.init={cfg.init!r}: expected one of {list(INITS)}.")
+
+
+def vit_init(params: dict, seed: int) -> dict:
+  """ViT-style init (ours) of both towers: xavier-uniform Dense kernels (and
+  projections), LeCun-normal patch embedding; embeddings, norms and biases as
+  given.
+
+  `random_params` draws every kernel from N(0, 0.02); for this tiny tower
+  (width 96) that is 4-5x below xavier's scale and a supervised 8-shape probe
+  reached 23% after 400 steps, against 41% with this init (README).
+  """
+  flat, tree = jax.tree_util.tree_flatten_with_path(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(flat))
+  out = []
+  for (path, x), key in zip(flat, keys):
+    name = "/".join(str(getattr(p, "key", p)) for p in path)
+    if name.endswith("kernel") and "patch_embedding" in name:
+      x = jax.nn.initializers.lecun_normal()(key, x.shape, jnp.float32)
+    elif name.endswith("kernel") and x.ndim == 2:
+      x = jax.nn.initializers.xavier_uniform()(key, x.shape, jnp.float32)
+    out.append(np.asarray(x))
+  return jax.tree_util.tree_unflatten(tree, out)
+
+
+def dihedral(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Each uint8 image [N, S, S, 3] under a random one of the 8 flips/quarter turns."""
+  k = rng.integers(0, 8, len(images))
+  return np.stack([np.rot90(im[:, ::-1] if t >= 4 else im, t % 4) for im, t in zip(images, k)])
 
 
 def write(path: str, model, params, words: list[str], max_length: int, image_size: int):
@@ -87,6 +126,7 @@ def train(cfg: ml_collections.ConfigDict, images: np.ndarray, captions: np.ndarr
     captions: str [N, C]: C phrasings per image ("" = none); each step picks
       one at random per image.
   """
+  check(cfg)
   image_size = images.shape[1]
   # The untrained model, written and read back through the library's loader:
   # the tokenizer, preprocessing and pure feature functions are the ones
@@ -94,9 +134,11 @@ def train(cfg: ml_collections.ConfigDict, images: np.ndarray, captions: np.ndarr
   model = build(cfg, len(words) + 4, image_size)
   init_dir = os.path.join(workdir, "init")
   if not os.path.exists(os.path.join(init_dir, "tokenizer.json")):
-    io_utils.atomic_write_dir(init_dir, lambda d: write(
-        d, model, params_lib.random_params(model, cfg.seed), words, cfg.max_length,
-        image_size))
+    params = params_lib.random_params(model, cfg.seed)
+    if cfg.init == "vit":
+      params = vit_init(params, cfg.seed)
+    io_utils.atomic_write_dir(init_dir, lambda d: write(d, model, params, words,
+                                                         cfg.max_length, image_size))
   clip = encoders.load_clip(init_dir)
   ids, mask = tokenize_all(clip, captions)
 
@@ -105,7 +147,8 @@ def train(cfg: ml_collections.ConfigDict, images: np.ndarray, captions: np.ndarr
     counts = (rows["mask"][:, :, 0] > 0).sum(1)
     pick = (rng.random(len(counts)) * counts).astype(int)
     take = np.arange(len(counts))
-    return {"image": rows["image"], "input_ids": rows["ids"][take, pick],
+    images = dihedral(rows["image"], rng) if cfg.augment else rows["image"]
+    return {"image": images, "input_ids": rows["ids"][take, pick],
             "attention_mask": rows["mask"][take, pick]}
 
   batches = training.ArrayBatches({"image": images, "ids": ids, "mask": mask}, cfg.batch_size,
