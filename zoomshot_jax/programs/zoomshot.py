@@ -7,8 +7,9 @@
            encoders into a sharded feature cache (resumable shard by shard);
   train    fit the maps (cached features, or online from images), with Orbax
            checkpoints and resume, then export <workdir>/export/mapping.npz;
-  eval     zero-shot evaluation of vision encoder + h in CLIP space (and of
-           CLIP itself) on config.eval.datasets, into results.json.
+  eval     the evaluators of config.evals (zero-shot classification) on
+           vision encoder + h in CLIP space (and, with reference_clip, on
+           CLIP itself), into results.json.
 
 Workdir: config.json, features/ (default cache), checkpoints/, export/,
 results.json {method or "clip": {dataset: {top1, top5, num_examples}}},
