@@ -219,10 +219,7 @@ def classification(cfg, model: AsifModel, mesh, workdir: str | None = None,
   store.check_encoders(encoder_info(model.image_encoder, "image"),
                        encoder_info(model.text_encoder, "text"))
   check_k(m.k, store)
-  names = registry.parse_datasets(cfg.datasets, f"evals.{name}.datasets")
-  if cfg.classnames_file and len(names) != 1:
-    raise UserError(f"config.evals.{name}.classnames_file applies to one dataset, but "
-                    f"config.evals.{name}.datasets names {len(names)}: {names}.")
+  names = registry.datasets(cfg, name)
   workdir = workdir or ""
   searcher = Searcher(mesh, m.k, m.query_chunk, m.anchor_block)
   queries = [load_queries(cfg, m, workdir, d, mesh, model.image_encoder, model.text_encoder,

@@ -51,6 +51,16 @@ def parse_datasets(spec: str, field: str = "datasets") -> list[str]:
   return names
 
 
+def datasets(cfg, name: str) -> list[str]:
+  """The datasets of evaluator group `config.evals.<name>`, with its class-name
+  override checked (it names the classes of one dataset)."""
+  names = parse_datasets(cfg.datasets, f"evals.{name}.datasets")
+  if cfg.classnames_file and len(names) != 1:
+    raise UserError(f"config.evals.{name}.classnames_file applies to one dataset, but "
+                    f"config.evals.{name}.datasets names {len(names)}: {names}.")
+  return names
+
+
 def resolve_cache_dir(value: str) -> str | None:
   """The classifier cache: "none" = off, "" = $ZOOMSHOT_CACHE or ~/.cache/zoomshot_jax."""
   if value == "none":
@@ -62,10 +72,7 @@ def zeroshot_classification(cfg, model: Model, mesh, workdir: str | None = None,
                             name: str = "zeroshot") -> dict[str, dict]:
   """Zero-shot top-1/top-5 of `model` on every dataset of `cfg.datasets`."""
   sharding.local_batch_size(cfg.batch_size, mesh, f"evals.{name}.batch_size")
-  names = parse_datasets(cfg.datasets, f"evals.{name}.datasets")
-  if cfg.classnames_file and len(names) != 1:
-    raise UserError(f"config.evals.{name}.classnames_file applies to one dataset, but "
-                    f"config.evals.{name}.datasets names {len(names)}: {names}.")
+  names = datasets(cfg, name)
   variables = sharding.replicate(model.variables, mesh)  # placed once for every dataset
   results = {}
   for dataset in names:
