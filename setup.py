@@ -17,7 +17,9 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["zoomshot_jax", "zoomshot_jax.*"])
     + ["zoomshot_jax.configs"],
     package_dir={"zoomshot_jax.configs": "configs"},
-    package_data={"zoomshot_jax.evaluation": ["classnames/*.json"]},
+    package_data={"zoomshot_jax.evaluation": ["classnames/*.json"],
+                  # The demo's shipped models (launch/train_demo_models.py).
+                  "zoomshot_jax.demo": ["shipped/manifest.json", "shipped/*/*"]},
     install_requires=[
         # Tested with jax 0.10.2 / flax 0.12.8. The upper bounds guard the HF Flax
         # model code, which is frozen in transformers 4.x and not maintained.
@@ -36,6 +38,7 @@ setuptools.setup(
         "numpy>=1.26",
         "pillow>=10.0",
         "matplotlib>=3.7",  # the demo's bar chart
+        "allpairspy>=2.5",  # pairwise covering arrays for synthetic prompts (the reference's)
     ],
     extras_require={
         "test": ["pytest>=8.0"],

@@ -125,6 +125,7 @@ def zeroshot_eval(datasets, config=None, **overrides):
       "save_predictions": False,  # <workdir>/predictions/<dataset>.npz: labels, logits
       "classnames_file": "",      # override class names (one dataset only)
       "templates_file": "",       # override prompt templates
+      "templates": (),            # ... or give them here (a tuple: one template per dataset)
       "data_dir": "", "tfds_download": False, "verify_images": True,
   })
   if config is not None:

@@ -5,9 +5,9 @@ r"""The demo world: a zero-download, end-to-end run of the whole method.
       --config=configs/demo.py:micro --config.world.renderer=photo
 
 Words (comma-separated, at most one of each kind):
-  scale:    full (default: 74k images, about 8 minutes on 2 CPU cores the first
-            time) | micro (a few hundred images and a few steps: the chain the
-            test suite runs; its accuracies mean nothing)
+  scale:    full (default: 74k images; loads the shipped models) | micro (a
+            few hundred images and a few steps, models trained here: the
+            chain the test suite runs; its accuracies mean nothing)
   renderer: clean (default) | photo (textured, noisy, shaded images)
 Every field can be overridden on the command line.
 """
@@ -44,9 +44,16 @@ def get_config(arg=None):
       "data_dir": "",            # "" = <workdir>/tfds
   })
 
+  # The two models: "shipped" loads the checkpoints installed with the
+  # package (trained once, longer, by launch/train_demo_models.py: README);
+  # "retrain" trains them here with config.clip and config.vision below.
+  config.models = "retrain" if micro else "shipped"
+
   # The tiny CLIP: ViT image tower, word-level text tower, trained
-  # contrastively on the clip_train split's captions.
+  # contrastively on the captions of the clip_train splits of the worlds in
+  # `renderers` (same seed): like a web-trained CLIP, it has seen photos.
   config.clip = ml_collections.ConfigDict({
+      "renderers": RENDERERS,
       "steps": 2400, "batch_size": 128, "learning_rate": 1e-3, "warmup_steps": 100,
       "weight_decay": 0.05, "seed": 0, "log_every": 100, "checkpoint_every": 200,
       "width": 96, "layers": 3, "heads": 4, "patch_size": 8,
@@ -82,6 +89,17 @@ def get_config(arg=None):
   # clip_train images as anchors.
   config.asif = ml_collections.ConfigDict({"anchors": 20_000, "k": 400, "p": 8})
 
+  # Zero-shot feature distillation (configs/distill.py's program): a student
+  # under a quarter of the CLIP image tower's size, trained on the world's
+  # "text-to-image" images (demo/synthetic.py: prompts from the pairwise
+  # prompt builder, rendered clean), evaluated on the clean and photo tests.
+  config.distill = ml_collections.ConfigDict({
+      "student": "world_resnet",       # models/student.py's presets
+      "losses": ("l2", "contrastive"),  # one row each (contrastive: alpha = 1)
+      "images_per_prompt": 4,          # 64 classes x 20 prompts x 4 = 5,120 images
+      "epochs": 30, "batch_size": 128, "learning_rate": 1e-3,
+  })
+
   config.batch_size = 256          # feature extraction and evaluation
   # jax's persistent compilation cache: "" = $ZOOMSHOT_CACHE/jax or
   # ~/.cache/zoomshot_jax/jax; a directory or gs:// path; "none" = off.
@@ -93,5 +111,6 @@ def get_config(arg=None):
     config.vision.update(steps=8, batch_size=32, log_every=4, checkpoint_every=4)
     config.maps.update(batch_size=32)
     config.asif.update(anchors=256, k=32)
+    config.distill.update(images_per_prompt=1, epochs=1, batch_size=64)
     config.batch_size = 64
   return config

@@ -12,7 +12,7 @@ fast signal before spending a full demo run.
 
   --init=normal  N(0, 0.02) for every kernel (params.random_params; the demo's
                  init before the ViT-style one)
-  --init=vit     models.tiny_clip.vit_init on top of it (the demo's now)
+  --init=vit     models.recipe.vit_init on top of it (the demo's now)
   --init=hf      HF Flax's own module initialisers
   --augment      models.tiny_clip.dihedral: random flips and quarter turns
 """
@@ -59,7 +59,7 @@ def main(argv):
   import optax  # pylint: disable=g-import-not-at-top
   from transformers import CLIPVisionConfig, FlaxCLIPVisionModel  # pylint: disable=g-import-not-at-top
   from zoomshot_jax.encoders import params as params_lib  # pylint: disable=g-import-not-at-top
-  from zoomshot_jax.models import tiny_clip  # pylint: disable=g-import-not-at-top
+  from zoomshot_jax.models import recipe, tiny_clip  # pylint: disable=g-import-not-at-top
 
   x_train, y_train = _images(FLAGS.train_images, 0)
   x_test, y_test = _images(1000, 100_000)
@@ -72,7 +72,7 @@ def main(argv):
     model = FlaxCLIPVisionModel(config, _do_init=False)
     tower = params_lib.random_params(model, seed=0)
     if FLAGS.init == "vit":
-      tower = tiny_clip.vit_init(tower, seed=0)
+      tower = recipe.vit_init(tower, seed=0)
   params = {"tower": tower, "head": {"w": jnp.zeros((96, 8)), "b": jnp.zeros(8)}}
   tx = optax.adamw(optax.warmup_cosine_decay_schedule(
       0.0, FLAGS.learning_rate, FLAGS.warmup_steps, FLAGS.steps), b2=0.98, weight_decay=0.05)

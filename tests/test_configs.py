@@ -12,14 +12,15 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from zoomshot_jax.configs import asif, common, demo, text_to_concept, zeroshot_eval, zoomshot
+from zoomshot_jax.configs import (asif, common, demo, distill, text_to_concept, zeroshot_eval,
+                                  zoomshot)
 from zoomshot_jax.world import render
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = {"zeroshot_eval": zeroshot_eval, "zoomshot": zoomshot,
-           "text_to_concept": text_to_concept, "asif": asif, "demo": demo}
+           "text_to_concept": text_to_concept, "asif": asif, "demo": demo, "distill": distill}
 PROGRAMS = {"zeroshot_eval": "zeroshot_eval", "zoomshot": "zoomshot",
-            "text_to_concept": "zoomshot", "asif": "asif", "demo": "demo"}
+            "text_to_concept": "zoomshot", "asif": "asif", "demo": "demo", "distill": "distill"}
 # The word each kind takes when none is given (None: the kind's effect is off).
 DEFAULTS = {
     "zeroshot_eval": {"clip": "b32", "datasets": "imagenet"},
@@ -27,6 +28,7 @@ DEFAULTS = {
     "text_to_concept": {"vision": "dinov2_b14", "clip": "b32", "solver": "reference"},
     "asif": {"setting": "paper", "text": None},
     "demo": {"scale": "full", "renderer": "clean"},
+    "distill": {"student": "vit_tiny", "stage": "stage2", "dataset": "pets"},
 }
 MACHINE_PREFIXES = ("/tmp", "/home", "/root", "/Users", "~", "/data", "/mnt")
 
@@ -70,6 +72,11 @@ OBSERVE = {
         "scale": _key({"full": ("full", 2400, 256), "micro": ("micro", 12, 64)},
                       (c.world.scale, c.clip.steps, c.batch_size)),
         "renderer": c.world.renderer},
+    "distill": lambda c: {
+        "student": c.student.preset,
+        "stage": _key(distill.STAGES, c.train.epochs),
+        "dataset": _key({w: d for w, (d, _) in distill.DATASETS.items()},
+                        c.evals.zeroshot.datasets)},
 }
 
 

@@ -48,6 +48,14 @@ def test_demo_runs_every_stage_and_writes_results(demo_run):
   for method in ("text_to_concept", "zoomshot"):
     held = summary["results"][method]["heldout"]
     assert np.isfinite(held["r2"]) and 0 <= held["agreement"] <= 1
+  d = summary["distillation"]
+  assert d["student"] == "world_resnet" and d["params"]["ratio"] <= 0.25
+  for row in ("l2", "contrastive"):
+    for renderer in ("clean", "photo"):
+      r = d["rows"][row][renderer]
+      assert r["num_examples"] == n_test and 0 <= r["top1"] <= r["top5"] <= 100, (row, r)
+  assert d["images"] == 64 * 20       # 20 pairwise prompts per class, one image each
+  assert report.distill_table(summary) in out
   # The printed table is the one the report module makes from results.json.
   assert report.table(summary).splitlines()[0] in out
   for label, _, _ in report.rows(summary):
@@ -73,7 +81,8 @@ def test_demo_console_is_short_and_the_chatter_is_in_the_log(demo_run):
   assert len(lines) <= 60, "\n".join(lines)
   summary = json.load(open(os.path.join(workdir, "results.json")))  # the second run's
   assert report.table(summary).split("\nTime:")[0] in out
-  for stage in ("world", "train clip", "train vision", "maps: zoomshot", "asif"):
+  for stage in ("world", "train clip", "train vision", "maps: zoomshot", "asif",
+                "synthetic images", "distill: l2", "distill: contrastive"):
     assert f"\n{stage}: done in " in "\n" + out, stage
   assert f"Log: {os.path.join(workdir, 'log.txt')}" in out
   assert f"Results: {os.path.join(workdir, 'results.json')}" in out

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from zoomshot_jax.errors import UserError
-from zoomshot_jax.models import tiny_clip
+from zoomshot_jax.models import recipe, tiny_clip
 
 
 def _params():
@@ -19,7 +19,7 @@ def _params():
 
 def test_vit_init_uses_xavier_and_lecun_scales_and_keeps_the_rest():
   before = _params()
-  after = tiny_clip.vit_init(before, seed=0)
+  after = recipe.vit_init(before, seed=0)
   fc1 = after["vision_model"]["encoder"]["layers"]["0"]["mlp"]["fc1"]
   # xavier uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)), std a / sqrt(3).
   a = np.sqrt(6 / (96 + 384))
@@ -32,7 +32,7 @@ def test_vit_init_uses_xavier_and_lecun_scales_and_keeps_the_rest():
       x, y = x[p], y[p]
     np.testing.assert_array_equal(x, y)
   np.testing.assert_array_equal(fc1["bias"], 0)
-  again = tiny_clip.vit_init(_params(), seed=0)["vision_model"]["encoder"]["layers"]["0"]
+  again = recipe.vit_init(_params(), seed=0)["vision_model"]["encoder"]["layers"]["0"]
   np.testing.assert_array_equal(again["mlp"]["fc1"]["kernel"], fc1["kernel"])   # seeded
 
 

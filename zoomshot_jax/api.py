@@ -11,17 +11,22 @@ zero-shot classifier in the same three lines:
 
   dino = api.load_mapped("workdir/export/mapping.npz")   # encoders named inside
   probs = dino.classify(["cat.jpg"], ["cat", "dog"])
+
+and so is a distilled student, with its teacher's text tower:
+
+  small = api.load_student("workdir/export/student")     # teacher named inside
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 
 import jax
 import numpy as np
 
-from zoomshot_jax import data, encoders
+from zoomshot_jax import data, encoders, io_utils
 from zoomshot_jax.errors import UserError
 from zoomshot_jax.methods import artifact, linear
 from zoomshot_jax.training import features
@@ -131,3 +136,21 @@ def load_mapped(path: str, vision_checkpoint: str | None = None,
 
   return Embedder(clip, batch_size, mapped, {"vision": vision.variables, "h": h},
                   vision.preprocess)
+
+
+def load_student(path: str, clip_checkpoint: str | None = None, dtype: str = "float32",
+                 batch_size: int = 32) -> Embedder:
+  """A zero-shot classifier from a distilled student and its teacher's text tower.
+
+  Args:
+    path: <workdir>/export/student written by the distill program.
+    clip_checkpoint: the teacher CLIP (default: the one recorded in student.json).
+  """
+  student = encoders.load_vision_encoder("student", path, dtype=dtype)
+  meta = io_utils.read_json(os.path.join(path, "student.json"))
+  clip = encoders.load_clip(clip_checkpoint or meta["teacher"], dtype)
+  if clip.dim != student.dim:
+    raise UserError(f"{path}: the student maps into a {student.dim}-d space, but the CLIP "
+                    f"{clip.checkpoint!r} has d={clip.dim}; pass its teacher.")
+  return Embedder(clip, batch_size, student.image_features, student.variables,
+                  student.preprocess)

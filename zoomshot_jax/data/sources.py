@@ -200,7 +200,8 @@ def _as_dataset(builder, name, split, index, count, decoders=None) -> tf.data.Da
 # ---------------------------------------------------------------- folder
 
 
-def _list_folder(root: str, verify: bool) -> tuple[list[str], list[str], list[int]]:
+def list_folder(root: str, verify: bool) -> tuple[list[str], list[str], list[int]]:
+  """(class names, image files, labels) of a <root>/<class>/<file> folder, sorted."""
   if not tf.io.gfile.isdir(root):
     raise UserError(f"folder dataset {root!r} does not exist or is not a directory.")
   classes = sorted(d.rstrip("/") for d in tf.io.gfile.listdir(root)
@@ -257,7 +258,7 @@ def _decode_file(path: tf.Tensor) -> tf.Tensor:
 def folder_source(spec: str, verify: bool = True) -> Source:
   """`folder:<path>`: one sub-directory per class, name = directory ('_' -> ' ')."""
   root = spec[len(FOLDER_PREFIX):] if spec.startswith(FOLDER_PREFIX) else spec
-  names, files, labels = _list_folder(root, verify)
+  names, files, labels = list_folder(root, verify)
   logging.info("Folder %s: %d classes, %d images.", root, len(names), len(files))
 
   files_arr, labels_arr = np.asarray(files), np.asarray(labels, np.int32)

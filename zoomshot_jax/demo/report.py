@@ -42,6 +42,9 @@ def table(summary: dict) -> str:
     if h:
       lines.append(f"  {k}: held-out R² {h['r2']:.3f}, top-1 agreement with CLIP "
                    f"{100 * h['agreement']:.1f}%")
+  if summary.get("distillation"):
+    lines.append(distill_table(summary))
+  lines.append(provenance(summary))
   t = summary["timings_s"]
   lines.append("Time: " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items()))
   return "\n".join(lines)
@@ -54,7 +57,8 @@ def chart_png(summary: dict) -> bytes:
   matplotlib.use("Agg")  # no display needed
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  data = rows(summary)
+  data = rows(summary) + [(f"{label} [photo test]", photo, None)
+                          for label, _, photo in distill_rows(summary)]
   labels = [r[0] for r in data][::-1]
   values = [r[1] for r in data][::-1]
   fig, ax = plt.subplots(figsize=(8, 0.55 * len(data) + 1.2), dpi=100)
@@ -71,12 +75,55 @@ def chart_png(summary: dict) -> bytes:
   return buf.getvalue()
 
 
+DISTILL_LABELS = {"l2": "student, feature distillation (l2)",
+                  "i2i": "student, image-image InfoNCE (i2i)",
+                  "contrastive": "student, vision-language (contrastive)"}
+
+
+def distill_rows(summary: dict) -> list[tuple[str, float, float]]:
+  """(label, clean top-1 %, photo top-1 %): the teacher, then each student."""
+  d = summary.get("distillation")
+  if not d:
+    return []
+  out = [("CLIP teacher", d["teacher"]["clean"]["top1"], d["teacher"]["photo"]["top1"])]
+  for loss, r in d["rows"].items():
+    out.append((DISTILL_LABELS.get(loss, loss), r["clean"]["top1"], r["photo"]["top1"]))
+  return out
+
+
+def distill_table(summary: dict) -> str:
+  d = summary.get("distillation")
+  if not d:
+    return ""
+  p = d["params"]
+  lines = [f"Feature distillation: a {d['student']} student ({p['student']:,} parameters, "
+           f"{100 * p['ratio']:.0f}% of the teacher's image tower) trained on {d['images']:,} "
+           "synthetic clean images rendered from prompts; zero-shot top-1 %:",
+           f"{'':44s} {'clean':>8s} {'photo':>8s} {'photo/teacher':>14s}"]
+  teacher_photo = d["teacher"]["photo"]["top1"]
+  for label, clean, photo in distill_rows(summary):
+    share = (f"{100 * photo / teacher_photo:13.1f}%" if teacher_photo and
+             label != "CLIP teacher" else f"{'-':>14s}")
+    lines.append(f"{label:44s} {clean:8.2f} {photo:8.2f} {share}")
+  return "\n".join(lines)
+
+
+def provenance(summary: dict) -> str:
+  """Which models the table is of: the shipped checkpoints or trained here."""
+  m = summary["models"]
+  if m.get("source") == "shipped":
+    return (f"Models: shipped with the package (CLIP {m['clip']['steps']:,} steps on "
+            f"{'+'.join(m['clip']['renderers'])} captions, ResNet {m['vision']['steps']:,} "
+            f"steps; trained by {m['trained_by']}); --config.models=retrain trains them here.")
+  return "Models: trained in this workdir (config.models='retrain')."
+
+
 def paths(workdir: str, summary: dict) -> str:
   """The printed lines saying where the chart and the trained models are (the
   binary adds results.json and the log)."""
   models = summary["models"]
   return (f"Chart: {os.path.join(workdir, 'results.png')}\n"
-          f"Models: {models['clip']} (CLIP), {models['vision']} (vision encoder)")
+          f"Model files: {models['clip']} (CLIP), {models['vision']} (vision encoder)")
 
 
 def write(workdir: str, summary: dict) -> None:

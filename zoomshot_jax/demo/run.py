@@ -2,8 +2,10 @@
 
 Workdir layout:
   tfds/                      the generated world (tfds cache; data_dir)
-  models/clip-<hash>/        the tiny CLIP (save_pretrained; cached by config)
-  models/vision-<hash>/      the tiny ResNet
+  models/clip-<hash>/        with config.models="retrain": the tiny CLIP
+                             (save_pretrained; cached by config)
+  models/vision-<hash>/      ... and the tiny ResNet ("shipped" loads both
+                             from the package: demo/shipped.py)
   pretrain/<model>-<hash>/   their Orbax checkpoints and TensorBoard logs
   maps/<method>/             Zoom-shot and Text-to-Concept runs of the
                              Zoom-shot binary (features shared in
@@ -30,7 +32,7 @@ from zoomshot_jax import console, encoders, evaluation, io_utils, models, shardi
 from zoomshot_jax.asif import Asif
 from zoomshot_jax.asif.evaluate import metrics as asif_metrics
 from zoomshot_jax.configs import zoomshot as zoomshot_config
-from zoomshot_jax.demo import report
+from zoomshot_jax.demo import distillation_rows, report, shipped
 from zoomshot_jax.errors import UserError
 from zoomshot_jax.evaluation.classifier import encode_texts
 from zoomshot_jax.programs import zoomshot
@@ -125,27 +127,83 @@ def map_config(config, method: str, dataset: str, data_dir: str, clip_dir: str,
   return c
 
 
-def _models(config, workdir: str, builder, world_name: str, mesh, timings) -> tuple[str, str]:
-  """(CLIP dir, vision dir), trained unless a finished one with this config exists."""
-  out = {}
-  for name, cfg in (("clip", config.clip), ("vision", config.vision)):
-    key = _hash(world_name, cfg.to_dict())
-    path = os.path.join(workdir, "models", f"{name}-{key}")
-    out[name] = path
-    if os.path.exists(os.path.join(path, "config.json")):
-      logging.info("Using the trained %s in %s.", name, path)
-      continue
-    with _stage(f"train {name}", timings):
-      tmp_dir = os.path.join(workdir, "pretrain", f"{name}-{key}")
-      if name == "clip":
-        d = load_split(builder, "clip_train", ("image", "captions"))
-        models.tiny_clip.train(cfg, d["image"], d["captions"], render.vocabulary(), path,
-                               tmp_dir, mesh)
-      else:
-        d = load_split(builder, "vision_train", ("image", "objects"))
-        targets = np.concatenate([d["shapes"], d["colours"]], axis=1)
-        models.tiny_resnet.train(cfg, d["image"], targets, path, tmp_dir, mesh)
-  return out["clip"], out["vision"]
+def train_clip(cfg, seed: int, micro: bool, data_dir: str, out_dir: str, tmp_dir: str, mesh,
+               timings: dict, evaluate=None, eval_every: int = 0) -> str:
+  """The tiny CLIP, trained on the captioned `clip_train` images of every
+  world in cfg.renderers (it plays a web-trained CLIP: the photo world is its
+  home ground too, not a shift); written to out_dir."""
+  images, captions = [], []
+  for renderer in cfg.renderers:
+    name = world.config_name(renderer, seed, micro=micro)
+    with _stage(f"world {name} (CLIP's captions)", timings):
+      d = load_split(world.prepare(name, data_dir), "clip_train", ("image", "captions"))
+    images.append(d["image"])
+    captions.append(d["captions"])
+  with _stage("train clip", timings):
+    return models.tiny_clip.train(cfg, np.concatenate(images), np.concatenate(captions),
+                                  render.vocabulary(), out_dir, tmp_dir, mesh,
+                                  evaluate=evaluate, eval_every=eval_every)
+
+
+def train_vision(cfg, builder, out_dir: str, tmp_dir: str, mesh, timings: dict) -> str:
+  """The tiny ResNet, trained on the world's `vision_train` attribute labels."""
+  with _stage("train vision", timings):
+    d = load_split(builder, "vision_train", ("image", "objects"))
+    targets = np.concatenate([d["shapes"], d["colours"]], axis=1)
+    return models.tiny_resnet.train(cfg, d["image"], targets, out_dir, tmp_dir, mesh)
+
+
+def _retrained(config, workdir: str, builder, world_name: str, data_dir: str, mesh,
+               timings) -> tuple[str, str]:
+  """(CLIP dir, vision dir) trained here, unless a finished one with this
+  config exists in the workdir."""
+  w = config.world
+  paths = {}
+  for name, cfg, parts in (("clip", config.clip, (w.seed, w.scale)),
+                           ("vision", config.vision, (world_name,))):
+    key = _hash(*parts, cfg.to_dict())
+    paths[name] = (os.path.join(workdir, "models", f"{name}-{key}"),
+                   os.path.join(workdir, "pretrain", f"{name}-{key}"))
+  (clip_dir, clip_tmp), (vision_dir, vision_tmp) = paths["clip"], paths["vision"]
+  if os.path.exists(os.path.join(clip_dir, "config.json")):
+    logging.info("Using the trained clip in %s.", clip_dir)
+  else:
+    train_clip(config.clip, w.seed, w.scale == "micro", data_dir, clip_dir, clip_tmp, mesh,
+               timings)
+  if os.path.exists(os.path.join(vision_dir, "config.json")):
+    logging.info("Using the trained vision encoder in %s.", vision_dir)
+  else:
+    train_vision(config.vision, builder, vision_dir, vision_tmp, mesh, timings)
+  return clip_dir, vision_dir
+
+
+def _shipped(config) -> tuple[str, str, dict]:
+  """(CLIP dir, vision dir, their manifest entries) of the shipped models,
+  fingerprints checked; refuses settings they were not trained for."""
+  from zoomshot_jax.configs import demo as demo_config  # pylint: disable=g-import-not-at-top
+  w = config.world
+  info = shipped.manifest()
+  fix = "add --config.models=retrain to train the models on this world here"
+  # The micro world of a seed is the first examples of each split of the
+  # full one (an example is a function of (seed, split, index)), so the
+  # shipped models suit both; another seed's test images are unseen but its
+  # maps would pair with models trained on other scenes.
+  if w.seed != info["world_seed"]:
+    raise UserError(f"config.world.seed={w.seed}: the shipped demo models were trained on the "
+                    f"world of seed {info['world_seed']}; {fix}.")
+  defaults = demo_config.get_config("micro" if w.scale == "micro" else None)
+  for group in ("clip", "vision"):
+    changed = sorted(k for k, v in config[group].items() if defaults[group].get(k) != v)
+    if changed:
+      raise UserError(f"config.{group}.{changed[0]} was changed, but config.models='shipped' "
+                      "uses the shipped checkpoints (config.clip and config.vision are the "
+                      "recipe --config.models=retrain trains with); add "
+                      "--config.models=retrain to train with these settings.")
+  vision = f"vision_{w.renderer}"
+  entries = info["models"]
+  return (shipped.verify("clip"), shipped.verify(vision),
+          {"clip": entries["clip"]["about"], "vision": entries[vision]["about"],
+           "trained_by": info["command"]})
 
 
 def _asif_row(config, builder, clip_dir, vision_dir, mesh) -> dict:
@@ -180,13 +238,25 @@ def run(config, workdir: str) -> dict:
   if w.scale not in world.SPLIT_SIZES:
     raise UserError(f"config.world.scale={w.scale!r}: expected one of "
                     f"{sorted(world.SPLIT_SIZES)}.")
+  if config.models not in shipped.SOURCES:
+    raise UserError(f"config.models={config.models!r}: expected one of "
+                    f"{list(shipped.SOURCES)}.")
   models.tiny_clip.check(config.clip)
+  bad = [r for r in config.clip.renderers if r not in render.RENDERERS]
+  if bad or not config.clip.renderers:
+    raise UserError(f"config.clip.renderers={list(config.clip.renderers)}: expected one or more "
+                    f"of {list(render.RENDERERS)}.")
   world_name = world.config_name(w.renderer, w.seed, micro=w.scale == "micro")
   dataset = f"shapes_world/{world_name}"
   data_dir = w.data_dir or os.path.join(workdir, "tfds")
+  about = {}
+  if config.models == "shipped":
+    clip_dir, vision_dir, about = _shipped(config)
   with _stage("world", timings):
     builder = world.prepare(world_name, data_dir)
-  clip_dir, vision_dir = _models(config, workdir, builder, world_name, mesh, timings)
+  if config.models == "retrain":
+    clip_dir, vision_dir = _retrained(config, workdir, builder, world_name, data_dir, mesh,
+                                      timings)
   prompts = _write_prompts(workdir, config)
 
   results = {}
@@ -204,16 +274,19 @@ def run(config, workdir: str) -> dict:
       results[method]["heldout"] = out["export"]["heldout"]
   with _stage("asif", timings):
     results["asif"] = _asif_row(config, builder, clip_dir, vision_dir, mesh)
+  distillation = (distillation_rows.run(config, workdir, data_dir, clip_dir, prompts, mesh,
+                                        _stage, timings) if config.distill.losses else None)
 
   summary = {
       "world": {"dataset": dataset, "data_dir": data_dir,
                 "splits": {s: int(builder.info.splits[s].num_examples)
                            for s in builder.info.splits}},
-      "models": {"clip": clip_dir, "vision": vision_dir},
+      "models": {"clip": clip_dir, "vision": vision_dir, "source": config.models, **about},
       "num_classes": len(render.class_names()),
       "chance": {"top1": 100 / len(render.class_names()),
                  "top5": 500 / len(render.class_names())},
       "results": results,
+      "distillation": distillation,
       "prompts": {"maps": list(config.map_templates), "eval": list(config.eval_templates)},
       "timings_s": {**timings, "total": round(time.time() - t0, 1)},
   }

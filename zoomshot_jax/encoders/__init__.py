@@ -1,8 +1,9 @@
 """Registry of frozen encoders by name.
 
 `clip` gives image and text towers (`load_clip`); the vision encoders
-`vit` (DeiT too), `dinov2`, `beit`, `resnet`, `regnet` and `clip` (its image
-tower) are picked by name with `load_vision_encoder`; the text encoders
+`vit` (DeiT too), `dinov2`, `beit`, `resnet`, `regnet`, `clip` (its image
+tower) and `student` (a distilled student's export: an image tower in CLIP
+space) are picked by name with `load_vision_encoder`; the text encoders
 `bert`, `roberta`, `xlm-roberta`, `distilbert` and `clip` (its text tower)
 with `load_text_encoder`.
 """
@@ -16,7 +17,7 @@ from zoomshot_jax.encoders.vision import ARCHS, VisionEncoder
 from zoomshot_jax.encoders.vision import load_vision_encoder as _load_hf_vision
 from zoomshot_jax.errors import UserError
 
-VISION_ENCODERS = ("clip",) + tuple(sorted(ARCHS))
+VISION_ENCODERS = ("clip",) + tuple(sorted(ARCHS)) + ("student",)
 TEXT_ENCODERS = ("clip",) + tuple(sorted(TEXT_ARCHS))
 
 
@@ -29,6 +30,9 @@ def load_vision_encoder(name: str, checkpoint: str, pooling: str = "default",
       raise UserError(f"pooling={pooling!r}: the clip image tower has only "
                       "'pooler' (its projected embedding).")
     return load_clip(checkpoint, dtype, random_init, seed).as_vision_encoder()
+  if name == "student":
+    from zoomshot_jax.encoders.student import load_student  # pylint: disable=g-import-not-at-top
+    return load_student(checkpoint, dtype)
   if name not in ARCHS:
     raise UserError(f"unknown vision encoder {name!r}; known: {list(VISION_ENCODERS)}.")
   return _load_hf_vision(name, checkpoint, pooling, dtype, random_init, seed)

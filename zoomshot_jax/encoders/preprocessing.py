@@ -63,6 +63,22 @@ def _size_of(value, key_order=("shortest_edge", "height")):
   return int(value), None
 
 
+def processor_dict(spec: PreprocessSpec) -> dict:
+  """A `preprocessor_config.json` dict that `spec_from_processor_dict` reads
+  back as `spec` (a trained student is written with its teacher's geometry
+  and normalisation)."""
+  size = ({"shortest_edge": spec.resize} if spec.resize_mode == "shortest_edge"
+          else {"height": spec.resize, "width": spec.resize})
+  resample = {v: k for k, v in _RESAMPLE.items() if k != 5}[spec.interpolation]
+  d = {"image_processor_type": "ViTImageProcessor", "do_resize": True, "size": size,
+       "resample": resample, "do_rescale": True, "rescale_factor": spec.rescale,
+       "do_normalize": True, "image_mean": list(spec.mean), "image_std": list(spec.std),
+       "do_center_crop": bool(spec.crop)}
+  if spec.crop:
+    d["crop_size"] = {"height": spec.crop, "width": spec.crop}
+  return d
+
+
 def spec_from_processor_dict(d: dict, default_size: int) -> PreprocessSpec:
   """Builds a spec from a `preprocessor_config.json` dict."""
   mean = tuple(float(v) for v in d.get("image_mean", (0.5, 0.5, 0.5)))

@@ -46,13 +46,14 @@ def known_datasets() -> list[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def _load(name: str) -> Prompts:
+def load_known(name: str) -> Prompts:
+  """The curated class names and templates of a dataset of `known_datasets()`."""
   with open(os.path.join(_DIR, name + ".json"), encoding="utf-8") as f:
     d = json.load(f)
   return Prompts(tuple(d["classnames"]), tuple(d["templates"]), d["source"])
 
 
-def _read_list(path: str, what: str) -> tuple[str, ...]:
+def read_list(path: str, what: str) -> tuple[str, ...]:
   """A JSON list of strings, or a text file with one entry per line."""
   if not tf.io.gfile.exists(path):
     raise UserError(f"{what} file {path!r} does not exist.")
@@ -75,7 +76,8 @@ def _usable_label_names(names) -> bool:
 
 
 def get_prompts(dataset: str, num_classes: int, label_names=None,
-                classnames_file: str = "", templates_file: str = "") -> Prompts:
+                classnames_file: str = "", templates_file: str = "",
+                templates: tuple[str, ...] = ()) -> Prompts:
   """Class names and templates for `dataset`, checked against its label count.
 
   Args:
@@ -84,9 +86,10 @@ def get_prompts(dataset: str, num_classes: int, label_names=None,
     label_names: the data's own label names (fallback).
     classnames_file / templates_file: overrides (JSON list or one per line);
       templates contain "{}" where the class name goes.
+    templates: the templates themselves (over templates_file), e.g. a config's.
   """
   if dataset in known_datasets():
-    prompts = _load(dataset)
+    prompts = load_known(dataset)
   elif _usable_label_names(label_names):
     names = tuple(re.sub(r"^/\w/", "", n).replace("_", " ").replace("/", " ")
                   for n in label_names)
@@ -94,20 +97,22 @@ def get_prompts(dataset: str, num_classes: int, label_names=None,
   else:
     prompts = None
   if classnames_file:
-    prompts = Prompts(_read_list(classnames_file, "class names"),
+    prompts = Prompts(read_list(classnames_file, "class names"),
                       prompts.templates if prompts else DEFAULT_TEMPLATES, classnames_file)
   if prompts is None:
     raise UserError(
         f"dataset {dataset!r} has no class names we know and its labels are not "
         "words; pass --config.classnames_file=<file with one name per line, in label "
         f"order>. Datasets with curated names: {known_datasets()}.")
-  if templates_file:
-    templates = _read_list(templates_file, "templates")
-    bad = [t for t in templates if "{}" not in t]
+  given, where = ((tuple(templates), "the config's templates") if templates else
+                  (read_list(templates_file, "templates"), f"templates file {templates_file!r}")
+                  if templates_file else ((), ""))
+  if given:
+    bad = [t for t in given if "{}" not in t]
     if bad:
-      raise UserError(f"templates file {templates_file!r}: every template needs '{{}}' "
-                      f"where the class name goes; these do not: {bad[:3]}.")
-    prompts = dataclasses.replace(prompts, templates=templates)
+      raise UserError(f"{where}: every template needs '{{}}' where the class name goes; "
+                      f"these do not: {bad[:3]}.")
+    prompts = dataclasses.replace(prompts, templates=given)
   if len(prompts.classnames) != num_classes:
     raise UserError(
         f"dataset {dataset!r} has {num_classes} classes but {len(prompts.classnames)} class "

@@ -81,7 +81,8 @@ def zeroshot_classification(cfg, model: Model, mesh, workdir: str | None = None,
     source = data.get_source(dataset, split, cfg.data_dir or None, cfg.tfds_download,
                              cfg.verify_images)
     prompts = evaluation.get_prompts(dataset, source.num_classes, source.label_names,
-                                     cfg.classnames_file, cfg.templates_file)
+                                     cfg.classnames_file, cfg.templates_file,
+                                     tuple(cfg.get("templates", ())))
     w = evaluation.build_classifier(model.clip, prompts, cfg.text_batch_size,
                                     resolve_cache_dir(cfg.cache_dir))
     res = evaluation.evaluate(model.feature_fn, variables, model.preprocess, w,

@@ -10,10 +10,13 @@ like any checkpoint), and `train(...)`, which runs `training.fit`.
   tiny_clip    the demo world's miniature CLIP (ViT image tower, word-level
                text tower), contrastive on captions
   tiny_resnet  the demo world's miniature ResNet, multi-label attribute presence
+  student      feature-distillation students: HF Flax ViT/ResNet/RegNet
+               presets + a linear head into CLIP's space (trained by
+               programs/distill.py)
 """
 
-from zoomshot_jax.models import tiny_clip, tiny_resnet
+from zoomshot_jax.models import student, tiny_clip, tiny_resnet
 
-MODELS = {"tiny_clip": tiny_clip, "tiny_resnet": tiny_resnet}
+MODELS = {"student": student, "tiny_clip": tiny_clip, "tiny_resnet": tiny_resnet}
 
-__all__ = ["MODELS", "tiny_clip", "tiny_resnet"]
+__all__ = ["MODELS", "student", "tiny_clip", "tiny_resnet"]

@@ -48,29 +48,6 @@ def check(cfg) -> None:
     raise UserError(f"config.clip.init={cfg.init!r}: expected one of {list(INITS)}.")
 
 
-def vit_init(params: dict, seed: int) -> dict:
-  """ViT-style init (ours) of both towers: xavier-uniform Dense kernels (and
-  projections), LeCun-normal patch embedding; embeddings, norms and biases as
-  given.
-
-  `random_params` draws every kernel from N(0, 0.02); for this tiny tower
-  (width 96) that is 4-5x below xavier's scale: a supervised 8-shape probe
-  (launch/probe_shapes.py) reached 26.5% after 400 steps, against 38-41% with
-  this init, and 75.7% after 2,000 with the flips below (README).
-  """
-  flat, tree = jax.tree_util.tree_flatten_with_path(params)
-  keys = jax.random.split(jax.random.PRNGKey(seed), len(flat))
-  out = []
-  for (path, x), key in zip(flat, keys):
-    name = "/".join(str(getattr(p, "key", p)) for p in path)
-    if name.endswith("kernel") and "patch_embedding" in name:
-      x = jax.nn.initializers.lecun_normal()(key, x.shape, jnp.float32)
-    elif name.endswith("kernel") and x.ndim == 2:
-      x = jax.nn.initializers.xavier_uniform()(key, x.shape, jnp.float32)
-    out.append(np.asarray(x))
-  return jax.tree_util.tree_unflatten(tree, out)
-
-
 def dihedral(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   """Each uint8 image [N, S, S, 3] under a random one of the 8 flips/quarter turns."""
   k = rng.integers(0, 8, len(images))
@@ -119,13 +96,16 @@ def tokenize_all(clip, captions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train(cfg: ml_collections.ConfigDict, images: np.ndarray, captions: np.ndarray,
-          words: list[str], out_dir: str, workdir: str, mesh) -> str:
+          words: list[str], out_dir: str, workdir: str, mesh, evaluate=None,
+          eval_every: int = 0) -> str:
   """Trains the tiny CLIP on (image, caption) pairs; writes it to out_dir.
 
   Args:
     images: uint8 [N, S, S, 3].
     captions: str [N, C]: C phrasings per image ("" = none); each step picks
       one at random per image.
+    evaluate: None, or `evaluate(clip, params) -> {name: scalar}`, logged
+      every `eval_every` steps (monitoring only: the result is the last step).
   """
   check(cfg)
   image_size = images.shape[1]
@@ -137,7 +117,7 @@ def train(cfg: ml_collections.ConfigDict, images: np.ndarray, captions: np.ndarr
   if not os.path.exists(os.path.join(init_dir, "tokenizer.json")):
     params = params_lib.random_params(model, cfg.seed)
     if cfg.init == "vit":
-      params = vit_init(params, cfg.seed)
+      params = recipe.vit_init(params, cfg.seed)
     io_utils.atomic_write_dir(init_dir, lambda d: write(d, model, params, words,
                                                          cfg.max_length, image_size))
   clip = encoders.load_clip(init_dir)
@@ -155,8 +135,9 @@ def train(cfg: ml_collections.ConfigDict, images: np.ndarray, captions: np.ndarr
   batches = training.ArrayBatches({"image": images, "ids": ids, "mask": mask}, cfg.batch_size,
                                   cfg.seed, mesh, make_batch=make_batch,
                                   what="captioned images", field="clip.batch_size")
+  monitor = None if evaluate is None else (lambda p: evaluate(clip, p))
   params, _ = recipe.fit("CLIP", contrastive_loss_fn(clip), clip.params, {}, batches, cfg,
-                         mesh, workdir)
+                         mesh, workdir, evaluate=monitor, eval_every=eval_every)
   params["logit_scale"] = np.minimum(params["logit_scale"], np.log(100.0))
   return io_utils.atomic_write_dir(out_dir, lambda d: write(d, model, params, words,
                                                             cfg.max_length, image_size))

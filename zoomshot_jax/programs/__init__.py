@@ -3,6 +3,7 @@
 PROGRAMS = {
     "asif": "zoomshot_jax.programs.asif",
     "demo": "zoomshot_jax.demo.run",
+    "distill": "zoomshot_jax.programs.distill",
     "zeroshot_eval": "zoomshot_jax.programs.zeroshot_eval",
     "zoomshot": "zoomshot_jax.programs.zoomshot",
 }

@@ -90,14 +90,16 @@ class ImageBatches:
       image across views).
     augment: seeded random resized crop + flip (the same for every view of
       an image).
+    keep: other keys of the examples to batch too (e.g. "label").
   """
 
   def __init__(self, source, views: dict, batch_size: int, seed: int, mesh,
-               independent: bool = False, augment: bool = False):
+               independent: bool = False, augment: bool = False, keep: tuple = ()):
     from zoomshot_jax import data  # pylint: disable=g-import-not-at-top
     self._data, self._source, self._views = data, source, dict(views)
     self._local_bs = sharding.local_batch_size(batch_size, mesh)
     self._seed, self._independent, self._augment = seed, independent, augment
+    self._keep = tuple(keep)
     n_local = source.host_shard(jax.process_index(), jax.process_count())[1]
     # Hosts must run the same number of steps: the smallest share decides.
     self.steps_per_epoch = -sharding.host_max(-(n_local // self._local_bs))
@@ -128,7 +130,7 @@ class ImageBatches:
       self._it = self._epoch(epoch, i)
     batch = next(self._it)
     self._next = step + 1 if i + 1 < self.steps_per_epoch else None
-    return sharding.to_global({k: batch[k] for k in self._views}, self._rows)
+    return sharding.to_global({k: batch[k] for k in (*self._views, *self._keep)}, self._rows)
 
 
 def _merge(*parts):

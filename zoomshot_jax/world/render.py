@@ -142,6 +142,20 @@ def sample_scene(rng: np.random.Generator, two_objects_fraction: float) -> Scene
   return Scene(objects=tuple(objects), background=background, tint=tint)
 
 
+def one_object_scene(rng: np.random.Generator, label: int, size: int, background: int,
+                     x: float, y: float, angle: float) -> Scene:
+  """The scene a prompt describes: one object of class `label` (shape x
+  colour), its size and the background as given, its centre near (x, y) and
+  kept inside the image; radius and tint jittered as in `sample_scene`."""
+  base = rng.uniform(25, 70) if background == 0 else rng.uniform(175, 230)
+  tint = tuple(float(np.clip(base + rng.normal(0, 8), 0, 255)) for _ in range(3))
+  radius = _RADIUS[SIZES[size]] * rng.uniform(0.9, 1.1)
+  x, y = (float(np.clip(v + rng.normal(0, 0.05), radius, 1 - radius)) for v in (x, y))
+  obj = Obj(shape=label // len(COLOURS), colour=label % len(COLOURS), size=size, x=x, y=y,
+            radius=float(radius), angle=float(angle))
+  return Scene(objects=(obj,), background=background, tint=tint)
+
+
 def _grid(image_size: int) -> tuple[np.ndarray, np.ndarray]:
   """Supersampled pixel centres in [0, 1]."""
   n = image_size * _SUPERSAMPLE
