@@ -41,7 +41,8 @@ setuptools.setup(
         "allpairspy>=2.5",  # pairwise covering arrays for synthetic prompts (the reference's)
     ],
     extras_require={
-        "test": ["pytest>=8.0"],
+        # pytest-xdist: the suite runs on both cores (README's test command).
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
         # The PyTorch baselines of the benchmarks in launch/ (CPU build).
         "bench": ["torch==2.13.0"],
     },

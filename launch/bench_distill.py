@@ -12,7 +12,8 @@ methods/feature_distillation.py's loss, uint8 images normalised on device.
 PyTorch: transformers' PyTorch CLIPVisionModelWithProjection and ViTModel /
 ResNetModel / RegNetModel, the teacher under no_grad, images already float
 (its advantage), torch.set_num_threads = the cores this process may use.
-Prints images/s of each and the ratio ours / PyTorch; --json writes them.
+Prints images/s of each and the ratio ours / PyTorch; --json_out writes them.
+On a GPU the baseline runs on CUDA (--torch_device).
 Needs torch for the baseline (pip install '.[bench]'); without it, ours alone.
 """
 
@@ -36,7 +37,9 @@ flags.DEFINE_integer("image_size", 224, "Image side.")
 flags.DEFINE_integer("batch_size", 32, "Images per step.")
 flags.DEFINE_integer("steps", 8, "Timed steps (after 2 warm-up steps).")
 flags.DEFINE_bool("torch", True, "Run the PyTorch baseline (skipped if torch is missing).")
-flags.DEFINE_string("json", "", "Write the figures here.")
+flags.DEFINE_enum("torch_device", "auto", ["auto", "cpu", "cuda"],
+                  "Where the PyTorch baseline runs; auto: cuda if torch sees a GPU.")
+flags.DEFINE_string("json_out", "", "Write the figures here (JSON).")
 FLAGS = flags.FLAGS
 
 
@@ -114,24 +117,29 @@ def run_torch(images_u8) -> float:
 
   torch.set_num_threads(bench_util.available_cores())
   torch.manual_seed(0)
+  dev = FLAGS.torch_device
+  if dev == "auto":
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+  sync = torch.cuda.synchronize if dev == "cuda" else lambda: None
   config = teacher_config()
   vision = config.vision_config
   vision.projection_dim = config.projection_dim
-  teacher = transformers.CLIPVisionModelWithProjection(vision).eval()
+  teacher = transformers.CLIPVisionModelWithProjection(vision).eval().to(dev)
   arch, fields = student_lib.PRESETS[distill_config.get_config(FLAGS.student).student.preset]
   names = {"vit": ("ViTModel", "ViTConfig"), "resnet": ("ResNetModel", "ResNetConfig"),
            "regnet": ("RegNetModel", "RegNetConfig")}[arch]
   fields = dict(fields, **({"image_size": FLAGS.image_size} if arch == "vit" else {}))
   extra = {"add_pooling_layer": False} if arch == "vit" else {}
-  student = getattr(transformers, names[0])(getattr(transformers, names[1])(**fields), **extra)
+  student = getattr(transformers, names[0])(getattr(transformers, names[1])(**fields),
+                                            **extra).to(dev)
   dim = fields["hidden_size"] if arch == "vit" else fields["hidden_sizes"][-1]
-  head = torch.nn.Linear(dim, config.projection_dim)
+  head = torch.nn.Linear(dim, config.projection_dim).to(dev)
   params = list(student.parameters()) + list(head.parameters())
   opt = torch.optim.AdamW(params, lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0)
   mean = torch.tensor([0.4815, 0.4578, 0.4082]).view(1, 3, 1, 1)
   std = torch.tensor([0.2686, 0.2613, 0.2758]).view(1, 3, 1, 1)
-  x = (torch.from_numpy(np.ascontiguousarray(images_u8.transpose(0, 3, 1, 2))).float() / 255
-       - mean) / std
+  x = ((torch.from_numpy(np.ascontiguousarray(images_u8.transpose(0, 3, 1, 2))).float() / 255
+        - mean) / std).to(dev)
 
   def step():
     with torch.no_grad():
@@ -148,10 +156,12 @@ def run_torch(images_u8) -> float:
 
   for _ in range(2):
     step()
+  sync()
   t0 = time.perf_counter()
   for _ in range(FLAGS.steps):
     step()
-  return FLAGS.steps * len(images_u8) / (time.perf_counter() - t0)
+  sync()
+  return FLAGS.steps * len(images_u8) / (time.perf_counter() - t0), dev
 
 
 def main(argv):
@@ -164,14 +174,14 @@ def main(argv):
   out["ours_images_per_s"] = run_ours(images)
   print(f"ours:    {out['ours_images_per_s']:.1f} images/s", flush=True)
   if FLAGS.torch and bench_util.have("torch"):
-    out["torch_images_per_s"] = run_torch(images)
+    out["torch_images_per_s"], out["torch_device"] = run_torch(images)
     out["ratio_ours_over_torch"] = out["ours_images_per_s"] / out["torch_images_per_s"]
     print(f"pytorch: {out['torch_images_per_s']:.1f} images/s; ratio ours/pytorch "
           f"{out['ratio_ours_over_torch']:.2f}x", flush=True)
   else:
     print("pytorch: skipped (torch is not installed: pip install '.[bench]')")
-  if FLAGS.json:
-    bench_util.write_json(FLAGS.json, out)
+  if FLAGS.json_out:
+    bench_util.write_json(FLAGS.json_out, out)
   print(json.dumps(out))
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark in launch/ at accelerator sizes on ONE GPU, within a fixed
-# time budget (default 455 s, under 8 minutes in all), then ONE markdown table
+# time budget (default 530 s, under 9 minutes in all), then ONE markdown table
 # to stdout and to --out (written atomically: temp name, then rename). Each
 # benchmark runs in its own process under its own `timeout`: one that fails
 # or hangs becomes a "failed"/"timeout" row and the rest still run. The logs
@@ -58,7 +58,7 @@ if [ "$SMOKE" = 1 ]; then
   BUDGET=${BUDGET:-170}
   export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 else
-  BUDGET=${BUDGET:-455}
+  BUDGET=${BUDGET:-530}
   # JAX and torch share the GPU in the CLIP and Text-to-Concept processes.
   export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.6}
   if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
@@ -152,7 +152,7 @@ skip() { echo "$2" >"$LOG/$1.status"; }
 CPUS=$(nproc 2>/dev/null || echo 4)
 FLAX_CLIP=$(grep -c '"flax_clip": true' "$LOG/env.json")
 if ! grep -q '"gpu_ok": true' "$LOG/env.json"; then
-  for n in clip_b16_bf16 clip_b16_f32 clip_l14_bf16 zoomshot asif; do
+  for n in clip_b16_bf16 clip_b16_f32 clip_l14_bf16 zoomshot distill asif; do
     skip $n "not run: no accelerator for jax (see MISSING above)"
   done
 elif [ "$SMOKE" = 1 ]; then
@@ -160,28 +160,32 @@ elif [ "$SMOKE" = 1 ]; then
   for spec in "clip_b16_bf16 bfloat16" "clip_b16_f32 float32" "clip_l14_bf16 bfloat16"; do
     set -- $spec
     # shellcheck disable=SC2086
-    bench "$1" 60 60 $C --dtype="$2" --measure_peak_n=256
+    bench "$1" 60 120 $C --dtype="$2" --measure_peak_n=256
   done
-  bench zoomshot 70 40 launch/bench_text_to_concept.py --parts=t2c,zoomshot --n=2000 \
+  bench zoomshot 70 100 launch/bench_text_to_concept.py --parts=t2c,zoomshot --n=2000 \
     --heldout=500 --classes=10 --templates=4 --zs_batches=64,128 --zs_steps=5 --zs_warmup=2
+  bench distill 60 40 launch/bench_distill.py --teacher=small --student=world_resnet \
+    --image_size=48 --batch_size=32 --steps=3
   bench asif 80 0 launch/bench_asif.py --anchors=20000 --queries=500 --classes=10 \
     --templates=4 --k=50 --layouts=anchors --data_threads=2 --time_limit=@LIMIT@
 else
   C=launch/bench_clip_throughput.py
   if [ "$FLAX_CLIP" = 1 ]; then
-    bench clip_b16_bf16 120 300 $C --arch=b16 --dtype=bfloat16 --batch_size=512 --steps=10 \
+    bench clip_b16_bf16 120 390 $C --arch=b16 --dtype=bfloat16 --batch_size=512 --steps=10 \
       --warmup=3 --measure_peak_n=8192
-    bench clip_b16_f32 100 255 $C --arch=b16 --dtype=float32 --batch_size=256 \
+    bench clip_b16_f32 100 345 $C --arch=b16 --dtype=float32 --batch_size=256 \
       --measure_peak_n=8192
-    bench clip_l14_bf16 150 210 $C --arch=l14 --dtype=bfloat16 --batch_size=256 \
+    bench clip_l14_bf16 150 300 $C --arch=l14 --dtype=bfloat16 --batch_size=256 \
       --measure_peak_n=8192
   else
     for n in clip_b16_bf16 clip_b16_f32 clip_l14_bf16; do
       skip $n "not run: transformers<5 (Flax CLIP) is missing"
     done
   fi
-  bench zoomshot 120 150 launch/bench_text_to_concept.py --parts=t2c,zoomshot \
+  bench zoomshot 120 240 launch/bench_text_to_concept.py --parts=t2c,zoomshot \
     --zs_batches=256,1024,4096 --zs_steps=200 --zs_warmup=5
+  bench distill 90 150 launch/bench_distill.py --teacher=b32 --student=vit_tiny \
+    --batch_size=256 --steps=10
   bench asif 240 0 launch/bench_asif.py --anchors=1600000 --queries=50000 --layouts=anchors \
     --data_threads="$CPUS" --time_limit=@LIMIT@
 fi
@@ -254,6 +258,16 @@ if st[0] == "0" and r and "zoomshot" in r:
                "wall incl. compile" + ("" if ref else "; " + (torch_note or "no PyTorch run"))])
 else:
   rows.append(["Zoom-shot training + Text-to-Concept fit", "", why("zoomshot", st), "", "", ""])
+st, r = load("distill")
+if st[0] == "0" and r:
+  t = r.get("torch_images_per_s")
+  rows.append([f"feature distillation step ({r['teacher']} teacher in the step, "
+               f"{r['student']} student, AdamW)", f"batch {r['batch_size']}, "
+               f"{r['image_size']} px", f"{f(r['ours_images_per_s'])} images/s",
+               f"{f(t)} images/s ({r.get('torch_device')})" if t else "—",
+               f"{r['ratio_ours_over_torch']:.2f}×" if t else "—", f"{st[1]} s"])
+else:
+  rows.append(["feature distillation step", "", why("distill", st), "", "", ""])
 st, r = load("asif")
 runs = (r or {}).get("runs", {})
 o, t = runs.get("ours-anchors", {}), runs.get("pytorch", {})

@@ -159,9 +159,19 @@ def folder(tmp_path_factory):
                                        per_class=16, seed=0)
 
 
-def test_program_distils_exports_and_evaluates(tiny_clip_dir, folder, tmp_path):
-  workdir = str(tmp_path)
-  out = program.run(_config(tiny_clip_dir, folder), workdir)
+# The run the program, API and resume tests share: a ResNet student (batch
+# statistics in the state), checkpoints every 2 of its 9 steps.
+TRAINED = {"student.preset": "world_resnet", "train.epochs": 3, "train.checkpoint_every": 2}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_clip_dir, folder, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("distill_run"))
+  return workdir, program.run(_config(tiny_clip_dir, folder, **TRAINED), workdir)
+
+
+def test_program_distils_exports_and_evaluates(tiny_clip_dir, folder, trained):
+  workdir, out = trained
   for who in ("student", "clip"):
     r = out["results"][who]["folder:" + folder]
     assert r["num_examples"] == 48 and 0 <= r["top1"] <= 100
@@ -179,13 +189,14 @@ def test_program_distils_exports_and_evaluates(tiny_clip_dir, folder, tmp_path):
   t = _unit(np.asarray(clip.image_features(clip.params, images)))
   trained = np.mean((_unit(np.asarray(student.image_features(student.variables, images))) * t
                      ).sum(1))
-  fresh = models.student.build(_config(tiny_clip_dir, folder).student, 32, clip.dim, seed=0)
+  fresh = models.student.build(_config(tiny_clip_dir, folder, **TRAINED).student, 32, clip.dim,
+                               seed=0)
   f, _ = models.student.embed(fresh, fresh.params, fresh.model_state,
                               clip.preprocess.normalize(images), train=False)
   untrained = np.mean((_unit(np.asarray(f)) * t).sum(1))
   assert trained > 0.8 and trained > untrained + 0.3, (trained, untrained)
   # A second run with the same recipe reuses the export (no training).
-  again = program.run(_config(tiny_clip_dir, folder), workdir)
+  again = program.run(_config(tiny_clip_dir, folder, **TRAINED), workdir)
   assert again["results"] == out["results"]
   assert again["export"] == out["export"]
 
@@ -246,11 +257,11 @@ def test_stage1_reads_image_text_pairs(tiny_clip_dir, folder, tmp_path):
     program.run(c, str(tmp_path / "w2"))
 
 
-def test_an_exported_student_serves_the_api_and_asif(tiny_clip_dir, folder, tmp_path):
+def test_an_exported_student_serves_the_api_and_asif(folder, trained):
   """In CLIP space: api.load_student classifies with the teacher's text tower,
   and ASIF takes the student as its image encoder by registry name."""
   from zoomshot_jax import api  # pylint: disable=g-import-not-at-top
-  out = program.run(_config(tiny_clip_dir, folder, **{"train.epochs": 1}), str(tmp_path))
+  _, out = trained
   small = api.load_student(out["export"])
   import glob  # pylint: disable=g-import-not-at-top
   files = sorted(glob.glob(os.path.join(folder, "*", "*.png")))[:3]
@@ -278,16 +289,16 @@ def _crash_at(step):
   return hook
 
 
-def test_a_killed_run_resumes_to_the_uninterrupted_result(tiny_clip_dir, folder, tmp_path):
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tiny_clip_dir, folder, tmp_path,
+                                                           trained):
   """Checkpoints, the augmented batch order and the ResNet's batch statistics
   all resume: the export is the uninterrupted run's, bit for bit."""
-  kw = {"student.preset": "world_resnet", "train.epochs": 3, "train.checkpoint_every": 2}
-  straight = program.run(_config(tiny_clip_dir, folder, **kw), str(tmp_path / "a"))
+  _, straight = trained
   with pytest.raises(_Crash):
-    program.run(_config(tiny_clip_dir, folder, **kw), str(tmp_path / "b"),
+    program.run(_config(tiny_clip_dir, folder, **TRAINED), str(tmp_path / "b"),
                 hooks=[_crash_at(5)])
   assert not os.path.exists(tmp_path / "b" / "export" / "student")   # nothing half-written
-  resumed = program.run(_config(tiny_clip_dir, folder, **kw), str(tmp_path / "b"))
+  resumed = program.run(_config(tiny_clip_dir, folder, **TRAINED), str(tmp_path / "b"))
   for f in ("flax_model.msgpack", "head.npz"):
     assert (open(os.path.join(straight["export"], f), "rb").read()
             == open(os.path.join(resumed["export"], f), "rb").read()), f

@@ -75,15 +75,15 @@ def test_prompts_command_writes_jsonl_and_refuses_bad_files(tmp_path):
   names = tmp_path / "names.txt"
   names.write_text("cat\ndog\n")
   out = tmp_path / "p.jsonl"
-  cmd = [sys.executable, "-m", "zoomshot_jax.tools.synthetic", "prompts",
-         f"--attributes={spec}", f"--classnames={names}", f"--out={out}"]
-  r = subprocess.run(cmd, capture_output=True, text=True, cwd=procs.ROOT)
-  assert r.returncode == 0, r.stderr
-  assert "4 prompts for 2 classes (2 per class)" in r.stdout
+  from zoomshot_jax.tools import synthetic as cli  # pylint: disable=g-import-not-at-top
+  line = cli.prompts_command(str(spec), str(names), str(out))
+  assert line == f"4 prompts for 2 classes (2 per class): {out}"
   assert [json.loads(l)["prompt"] for l in out.read_text().splitlines()] == [
       "a cat, here", "a cat, there", "a dog, here", "a dog, there"]
   spec.write_text("{not json")
-  r = subprocess.run(cmd, capture_output=True, text=True, cwd=procs.ROOT)
+  r = subprocess.run([sys.executable, "-m", "zoomshot_jax.tools.synthetic", "prompts",
+                      f"--attributes={spec}", f"--out={out}"],
+                     capture_output=True, text=True, cwd=procs.ROOT)
   assert r.returncode == 2 and "is not JSON" in r.stderr and "Traceback" not in r.stderr
 
 

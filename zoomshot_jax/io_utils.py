@@ -72,6 +72,9 @@ def atomic_write_dir(out_dir: str, write) -> str:
   parent = os.path.dirname(os.path.abspath(out_dir))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o777 & ~umask)   # mkdtemp's 0700 would hide the result from others
   try:
     write(tmp)
     if os.path.exists(out_dir):

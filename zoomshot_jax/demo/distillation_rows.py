@@ -65,12 +65,15 @@ def run(config, workdir, data_dir, clip_dir, prompts, mesh, stage, timings) -> d
   micro = w.scale == "micro"
   tests = {r: f"shapes_world/{world.config_name(r, w.seed, micro=micro)}"
            for r in render.RENDERERS}
+  for r in render.RENDERERS:   # the photo world's test plays the "real" images
+    if r != w.renderer:        # the run's own world is prepared already
+      name = world.config_name(r, w.seed, micro=micro)
+      with stage(f"world {name} (the students' test)", timings):
+        world.prepare(name, data_dir)
   with stage("synthetic images", timings):
-    for r in render.RENDERERS:   # the photo test is the "real" one
-      world.prepare(world.config_name(r, w.seed, micro=micro), data_dir)
     images = synthetic.write(os.path.join(workdir, "synthetic"),
                              config.distill.images_per_prompt, w.seed, world.IMAGE_SIZE)
-  out = {"rows": {}}
+  out = {"rows": {}, "losses": list(config.distill.losses)}
   for loss in config.distill.losses:
     with stage(f"distill: {loss}", timings):
       c = student_config(config, loss, clip_dir, images, data_dir, tests, prompts)

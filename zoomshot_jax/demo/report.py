@@ -57,8 +57,11 @@ def chart_png(summary: dict) -> bytes:
   matplotlib.use("Agg")  # no display needed
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  data = rows(summary) + [(f"{label} [photo test]", photo, None)
-                          for label, _, photo in distill_rows(summary)]
+  d = summary.get("distillation") or {}
+  size = (f", {d['params']['student'] / 1000:.0f}k params" if d.get("params") else "")
+  data = rows(summary) + [
+      (f"{label}{'' if label == 'CLIP teacher' else size} [photo test]", photo, None)
+      for label, _, photo in distill_rows(summary)]
   labels = [r[0] for r in data][::-1]
   values = [r[1] for r in data][::-1]
   fig, ax = plt.subplots(figsize=(8, 0.55 * len(data) + 1.2), dpi=100)
@@ -86,7 +89,8 @@ def distill_rows(summary: dict) -> list[tuple[str, float, float]]:
   if not d:
     return []
   out = [("CLIP teacher", d["teacher"]["clean"]["top1"], d["teacher"]["photo"]["top1"])]
-  for loss, r in d["rows"].items():
+  for loss in d["losses"]:   # the config's order (results.json sorts its keys)
+    r = d["rows"][loss]
     out.append((DISTILL_LABELS.get(loss, loss), r["clean"]["top1"], r["photo"]["top1"]))
   return out
 
@@ -112,9 +116,10 @@ def provenance(summary: dict) -> str:
   """Which models the table is of: the shipped checkpoints or trained here."""
   m = summary["models"]
   if m.get("source") == "shipped":
-    return (f"Models: shipped with the package (CLIP {m['clip']['steps']:,} steps on "
-            f"{'+'.join(m['clip']['renderers'])} captions, ResNet {m['vision']['steps']:,} "
-            f"steps; trained by {m['trained_by']}); --config.models=retrain trains them here.")
+    s = m["shipped"]
+    return (f"Models: shipped with the package (CLIP {s['clip']['steps']:,} steps on "
+            f"{'+'.join(s['clip']['renderers'])} captions, ResNet {s['vision']['steps']:,} "
+            f"steps; trained by {s['trained_by']}); --config.models=retrain trains them here.")
   return "Models: trained in this workdir (config.models='retrain')."
 
 

@@ -281,7 +281,8 @@ def run(config, workdir: str) -> dict:
       "world": {"dataset": dataset, "data_dir": data_dir,
                 "splits": {s: int(builder.info.splits[s].num_examples)
                            for s in builder.info.splits}},
-      "models": {"clip": clip_dir, "vision": vision_dir, "source": config.models, **about},
+      "models": {"clip": clip_dir, "vision": vision_dir, "source": config.models,
+                 "shipped": about or None},
       "num_classes": len(render.class_names()),
       "chance": {"top1": 100 / len(render.class_names()),
                  "top5": 500 / len(render.class_names())},

@@ -42,23 +42,25 @@ def _need(command, *names):
     _fail(f"{command} needs " + ", ".join(f"--{n}" for n in missing) + ".")
 
 
-def prompts_command():
+def prompts_command(attributes: str, classnames: str, out: str) -> str:
+  """Writes the prompts; returns the line to print."""
   from zoomshot_jax import io_utils  # pylint: disable=g-import-not-at-top
+  from zoomshot_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   from zoomshot_jax.evaluation.classnames import read_list  # pylint: disable=g-import-not-at-top
   from zoomshot_jax.synthetic import prompts  # pylint: disable=g-import-not-at-top
-  if not os.path.exists(FLAGS.attributes):
-    _fail(f"--attributes={FLAGS.attributes}: no such file.")
+  if not os.path.exists(attributes):
+    raise UserError(f"--attributes={attributes}: no such file.")
   try:
-    spec = io_utils.read_json(FLAGS.attributes)
+    spec = io_utils.read_json(attributes)
   except ValueError as e:
-    _fail(f"--attributes={FLAGS.attributes} is not JSON ({e}).")
-  names = list(read_list(FLAGS.classnames, "class names")) if FLAGS.classnames else None
-  rows = prompts.build(spec, names, where=FLAGS.attributes)
-  prompts.write_jsonl(FLAGS.out, rows)
+    raise UserError(f"--attributes={attributes} is not JSON ({e}).") from e
+  names = list(read_list(classnames, "class names")) if classnames else None
+  rows = prompts.build(spec, names, where=attributes)
+  prompts.write_jsonl(out, rows)
   n = prompts.counts(rows)
   per = sorted(set(n.values()))
-  print(f"{len(rows)} prompts for {len(n)} classes "
-        f"({per[0] if len(per) == 1 else f'{per[0]}-{per[-1]}'} per class): {FLAGS.out}")
+  return (f"{len(rows)} prompts for {len(n)} classes "
+          f"({per[0] if len(per) == 1 else f'{per[0]}-{per[-1]}'} per class): {out}")
 
 
 def filter_command():
@@ -87,7 +89,7 @@ def main(argv):
   try:
     if argv[1] == "prompts":
       _need("prompts", "attributes", "out")
-      prompts_command()
+      print(prompts_command(FLAGS.attributes, FLAGS.classnames, FLAGS.out))
     else:
       _need("filter", "clip", "images", "out")
       filter_command()
