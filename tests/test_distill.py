@@ -302,3 +302,20 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tiny_clip_dir, folder,
   for f in ("flax_model.msgpack", "head.npz"):
     assert (open(os.path.join(straight["export"], f), "rb").read()
             == open(os.path.join(resumed["export"], f), "rb").read()), f
+
+
+@pytest.mark.parametrize("arch", ["vit", "resnet"])
+def test_a_student_starts_from_an_hf_checkpoint(tiny_vision_dirs, arch):
+  """config.student.checkpoint + arch: the checkpoint's weights, a fresh head."""
+  cfg = distill_config.get_config().student
+  cfg.update(checkpoint=tiny_vision_dirs[arch], arch=arch)
+  s = models.student.build(cfg, 32, 16, seed=0)
+  want = encoders.load_vision_encoder(arch, tiny_vision_dirs[arch],
+                                      "mean" if arch == "vit" else "pooler")
+  for a, b in zip(jax.tree_util.tree_leaves(s.params["encoder"]),
+                  jax.tree_util.tree_leaves(want.variables["params"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert s.params["head"]["kernel"].shape == (want.dim, 16)
+  cfg.arch = "swin"
+  with pytest.raises(UserError, match="config.student.arch='swin'"):
+    models.student.build(cfg, 32, 16, seed=0)

@@ -70,6 +70,15 @@ def count(tree) -> int:
   return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree)))
 
 
+def _load(arch: str, path: str, pooling: str):
+  """(model, variables) of an HF checkpoint of `arch` (a hub id or directory)."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  cls = getattr(transformers, _CLASSES[arch][0])
+  extra = {"add_pooling_layer": pooling == "pooler"} if arch == "vit" else {}
+  return params_lib.load_model(cls, path, _CLASSES[arch][2], jnp.float32,
+                               "config.student.checkpoint", **extra)
+
+
 def _model(arch: str, config, pooling: str):
   import transformers  # pylint: disable=g-import-not-at-top
   cls = getattr(transformers, _CLASSES[arch][0])
@@ -92,11 +101,7 @@ def build(cfg, image_size: int, clip_dim: int, seed: int) -> Student:
     if arch not in _CLASSES:
       raise UserError(f"config.student.arch={arch!r}: expected one of {sorted(_CLASSES)}.")
     pooling = _POOLING[arch] if cfg.pooling == "default" else cfg.pooling
-    cls = getattr(transformers, _CLASSES[arch][0])
-    extra = {"add_pooling_layer": pooling == "pooler"} if arch == "vit" else {}
-    model, variables = params_lib.load_model(cls, cfg.checkpoint, _CLASSES[arch][2],
-                                             jnp.float32, "config.student.checkpoint",
-                                             **extra)
+    model, variables = _load(arch, cfg.checkpoint, pooling)
   else:
     if cfg.preset not in PRESETS:
       raise UserError(f"config.student.preset={cfg.preset!r}: expected one of "
@@ -128,11 +133,7 @@ def _from_export(path: str, clip_dim: int) -> Student:
     raise UserError(f"{path}/student.json has format {meta.get('format')!r}; this version "
                     f"reads {FORMAT!r}.")
   arch, pooling = meta["arch"], meta["pooling"]
-  import transformers  # pylint: disable=g-import-not-at-top
-  cls = getattr(transformers, _CLASSES[arch][0])
-  extra = {"add_pooling_layer": pooling == "pooler"} if arch == "vit" else {}
-  model, variables = params_lib.load_model(cls, path, _CLASSES[arch][2], jnp.float32,
-                                           "config.student.checkpoint", **extra)
+  model, variables = _load(arch, path, pooling)
   variables = dict(variables) if "params" in variables else {"params": variables}
   head = io_utils.load_npz(os.path.join(path, "head.npz"))
   dim = _dim(arch, model.config)
