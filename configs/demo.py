@@ -96,6 +96,9 @@ def get_config(arg=None):
   config.distill = ml_collections.ConfigDict({
       "student": "world_resnet",       # models/student.py's presets
       "losses": ("l2", "contrastive"),  # one row each (contrastive: alpha = 1)
+      # The contrastive term's text: each image's own prompt ("captions", the
+      # reference's) or its class's prompt ("class_prompts"); README.
+      "contrastive_text": "captions",
       "images_per_prompt": 4,          # 64 classes x 20 prompts x 4 = 5,120 images
       "epochs": 30, "batch_size": 128, "learning_rate": 1e-3,
   })

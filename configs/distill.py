@@ -74,6 +74,10 @@ def get_config(arg=None):
       # own (a folder: its directory names, "_" read as a space).
       "classnames_file": "",
       "templates": (template,),       # the contrastive term's prompt per class
+      # ... or each image's own caption (the reference's): a directory of
+      # <class>/<stem>.txt beside a folder of <class>/<stem>.<ext> images,
+      # e.g. a generator's captions/ next to its images/. "" = class prompts.
+      "captions_dir": "",
   })
   config.features = ml_collections.ConfigDict({
       # RandomResizedCrop + flip in tf.data, the same crop for teacher and

@@ -319,3 +319,43 @@ def test_a_student_starts_from_an_hf_checkpoint(tiny_vision_dirs, arch):
   cfg.arch = "swin"
   with pytest.raises(UserError, match="config.student.arch='swin'"):
     models.student.build(cfg, 32, 16, seed=0)
+
+
+def test_contrastive_on_each_images_own_caption(tiny_clip_dir, folder, tmp_path, monkeypatch):
+  """data.captions_dir: each image's caption file is its text; a missing one
+  is named. The step sees row `caption` of the caption table."""
+  import glob  # pylint: disable=g-import-not-at-top
+  captions = tmp_path / "captions"
+  files = sorted(glob.glob(os.path.join(folder, "*", "*.png")))
+  for i, f in enumerate(files):
+    d = captions / os.path.basename(os.path.dirname(f))
+    d.mkdir(parents=True, exist_ok=True)
+    (d / (os.path.splitext(os.path.basename(f))[0] + ".txt")).write_text(f"picture {i % 5}\n")
+  seen = {}
+  real = fd.make_loss_fn
+
+  def spy(h, embed, teacher, sk, tk, text_key="label"):
+    seen["text_key"] = text_key
+    return real(h, embed, teacher, sk, tk, text_key)
+
+  monkeypatch.setattr(fd, "make_loss_fn", spy)
+  c = _config(tiny_clip_dir, folder, **{"distill.alpha": 1.0, "train.epochs": 1,
+                                        "data.captions_dir": str(captions)})
+  program.run(c, str(tmp_path / "w"))
+  assert seen["text_key"] == "caption"
+  os.remove(captions / "red_square" / (os.path.splitext(os.path.basename(
+      [f for f in files if "red_square" in f][0]))[0] + ".txt"))
+  with pytest.raises(UserError, match="no caption file .*red_square"):
+    program.run(c, str(tmp_path / "w2"))
+
+
+def test_folder_extras_ride_through_the_training_pipeline(folder):
+  from zoomshot_jax import data  # pylint: disable=g-import-not-at-top
+  from zoomshot_jax.encoders.preprocessing import PreprocessSpec  # pylint: disable=g-import-not-at-top
+  src = data.folder_source("folder:" + folder, extras=lambda files: {
+      "caption": np.arange(len(files), dtype=np.int32) * 10})
+  spec = PreprocessSpec(resize=32, resize_mode="exact", crop=0)
+  batch = next(iter(data.train_batches(src, {"image": spec}, 48, seed=0).as_numpy_iterator()))
+  assert sorted(batch["caption"] // 10) == list(range(48))   # each file's own value, shuffled
+  names, files, labels = data.sources.list_folder(folder, False)
+  np.testing.assert_array_equal(batch["label"], np.asarray(labels)[batch["caption"] // 10])

@@ -56,8 +56,9 @@ def _map_views(views: Mapping[str, PreprocessSpec]):
     _check_spec(spec, name)
 
   def fn(ex):
-    out = {name: preprocess_image(ex["image"], spec) for name, spec in views.items()}
-    out["label"] = ex["label"]
+    # Other fields of the example (a source's extras, e.g. a caption id) ride along.
+    out = {k: v for k, v in ex.items() if k != "image"}
+    out.update({name: preprocess_image(ex["image"], spec) for name, spec in views.items()})
     out["mask"] = tf.constant(True)
     return out
 

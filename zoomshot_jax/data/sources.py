@@ -255,18 +255,25 @@ def _decode_file(path: tf.Tensor) -> tf.Tensor:
   return tf.ensure_shape(image, [None, None, 3])
 
 
-def folder_source(spec: str, verify: bool = True) -> Source:
-  """`folder:<path>`: one sub-directory per class, name = directory ('_' -> ' ')."""
+def folder_source(spec: str, verify: bool = True, extras=None) -> Source:
+  """`folder:<path>`: one sub-directory per class, name = directory ('_' -> ' ').
+
+  extras: optional `files -> {key: array [n]}` of per-file fields (in the
+  listing's order) carried with each example, e.g. a caption id.
+  """
   root = spec[len(FOLDER_PREFIX):] if spec.startswith(FOLDER_PREFIX) else spec
   names, files, labels = list_folder(root, verify)
   logging.info("Folder %s: %d classes, %d images.", root, len(names), len(files))
 
   files_arr, labels_arr = np.asarray(files), np.asarray(labels, np.int32)
+  more = extras(files) if extras else {}
 
   def read(indices):
     ds = tf.data.Dataset.from_tensor_slices(
-        {"path": files_arr[indices], "label": labels_arr[indices]})
-    return ds.map(lambda ex: {"image": _decode_file(ex["path"]), "label": ex["label"]},
+        {"path": files_arr[indices], "label": labels_arr[indices],
+         **{k: v[indices] for k, v in more.items()}})
+    return ds.map(lambda ex: {**{k: v for k, v in ex.items() if k != "path"},
+                              "image": _decode_file(ex["path"])},
                   num_parallel_calls=tf.data.AUTOTUNE)
 
   def shard(index, count):

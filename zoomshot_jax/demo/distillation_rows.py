@@ -18,6 +18,7 @@ from zoomshot_jax import encoders, world
 from zoomshot_jax.configs import common
 from zoomshot_jax.configs import distill as distill_config
 from zoomshot_jax.demo import synthetic
+from zoomshot_jax.errors import UserError
 from zoomshot_jax.evaluation import registry
 from zoomshot_jax.programs import distill
 from zoomshot_jax.world import render
@@ -41,6 +42,11 @@ def student_config(config, loss: str, clip_dir: str, images: str, data_dir: str,
   c.optimizer.learning_rate = d.learning_rate
   if loss == "contrastive":
     c.distill.alpha = 1.0
+    if d.contrastive_text == "captions":   # synthetic.write's captions/ beside images/
+      c.data.captions_dir = os.path.join(os.path.dirname(images), "captions")
+    elif d.contrastive_text != "class_prompts":
+      raise UserError(f"config.distill.contrastive_text={d.contrastive_text!r}: expected "
+                      "'captions' or 'class_prompts'.")
   else:
     c.distill.loss = loss
   c.evals = ml_collections.ConfigDict({r: _eval_group(c, name, config, prompts)

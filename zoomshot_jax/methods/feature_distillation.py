@@ -78,21 +78,23 @@ def total(t: dict, hyper: Hyper):
 
 
 def make_loss_fn(hyper: Hyper, student_embed, teacher_features, student_key: str,
-                 teacher_key: str):
+                 teacher_key: str, text_key: str = "label"):
   """The shared step's loss.
 
   student_embed(params, model_state, images) -> ([B, d], model_state): the
     student in train mode; teacher_features(teacher_params, images) -> [B, d].
   batch: {student_key: uint8 images, teacher_key: uint8 images (the same key
-    when both views agree), "label": int [B]}; frozen: {"teacher": params,
-    "text": [K, d] normalised prompt features per class (contrastive only)}.
+    when both views agree), text_key: int [B]}; frozen: {"teacher": params,
+    "text": [T, d] normalised text features (contrastive only)}, row
+    batch[text_key] of it being each image's text: its class prompt
+    (text_key "label") or its own caption (a caption id).
   """
   def loss_fn(params, model_state, batch, frozen, rng):
     del rng
     s, model_state = student_embed(params, model_state, batch[student_key])
     zs = ops.l2_normalize(s)
     zt = ops.l2_normalize(teacher_features(frozen["teacher"], batch[teacher_key]))
-    text = frozen["text"][batch["label"]] if hyper.alpha > 0 else None
+    text = frozen["text"][batch[text_key]] if hyper.alpha > 0 else None
     log_t = params.get("log_temperature", hyper.log_temperature)
     t = terms(zs, zt, text, log_t)
     return total(t, hyper), (t, model_state)

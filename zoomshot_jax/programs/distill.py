@@ -33,6 +33,7 @@ from jax.experimental import multihost_utils
 from zoomshot_jax import data, encoders, evaluation, io_utils, models, sharding, training
 from zoomshot_jax.errors import UserError
 from zoomshot_jax.evaluation import registry
+from zoomshot_jax.evaluation.classifier import encode_texts
 from zoomshot_jax.evaluation.results import write_results
 from zoomshot_jax.methods import feature_distillation as fd
 
@@ -93,11 +94,37 @@ def class_prompts(source, config):
 IMAGE_TEXT_KINDS = ("tsv:", "jsonl:", "tfrecord:", "tfds:")
 
 
-def training_source(config):
+def caption_table(images_root: str, captions_dir: str):
+  """(files -> {"caption": id per file}, the unique captions) of a folder whose
+  images have caption files <captions_dir>/<class>/<stem>.txt."""
+  texts: dict[str, int] = {}
+
+  def extras(files):
+    ids = []
+    for f in files:
+      cls, name = os.path.basename(os.path.dirname(f)), os.path.basename(f)
+      path = os.path.join(captions_dir, cls, os.path.splitext(name)[0] + ".txt")
+      if not os.path.exists(path):
+        raise UserError(f"config.data.captions_dir={captions_dir}: no caption file {path} for "
+                        f"the image {f}; every image needs one (<class>/<stem>.txt).")
+      with open(path, encoding="utf-8") as fh:
+        text = fh.read().strip()
+      ids.append(texts.setdefault(text, len(texts)))
+    return {"caption": np.asarray(ids, np.int32)}
+
+  return extras, texts
+
+
+def training_source(config, extras=None):
   """The training images: tfds / folder: (labelled), or an image–text source
   of ASIF's kinds (tsv:, jsonl:, tfrecord:, tfds:; stage 1's web pairs),
   whose captions the `l2` and `i2i` terms do not need."""
   d = config.data
+  if extras is not None:
+    if not d.dataset.startswith(data.FOLDER_PREFIX):
+      raise UserError(f"config.data.captions_dir is set, but config.data.dataset={d.dataset!r} "
+                      "is not a folder: per-image captions are read beside folder images.")
+    return data.folder_source(d.dataset, config.verify_images, extras)
   if not d.dataset.startswith(IMAGE_TEXT_KINDS):
     return data.get_source(d.dataset, d.split, config.data_dir or None, config.tfds_download,
                            config.verify_images)
@@ -134,7 +161,9 @@ def train(config, workdir: str, clip, mesh, hooks=()) -> str:
     logging.info("Using the exported student in %s (same recipe).", export)
     return export
   h, t = hyper(config), config.train
-  source = training_source(config)
+  captions = caption_table(config.data.dataset[len(data.FOLDER_PREFIX):],
+                           config.data.captions_dir) if config.data.captions_dir else None
+  source = training_source(config, captions[0] if captions else None)
   # Checked whenever class names are given: a folder that does not match
   # them is a mistake even where no term reads the prompts.
   prompts = (class_prompts(source, config) if h.alpha > 0 or config.data.classnames_file
@@ -153,10 +182,16 @@ def train(config, workdir: str, clip, mesh, hooks=()) -> str:
 
   # One view: the student sees the teacher's geometry and normalisation, so
   # both networks read the same uint8 crop.
+  text_key = "caption" if captions else "label"
   batches = training.ImageBatches(source, {"image": spec}, t.batch_size, config.seed, mesh,
-                                  augment=config.features.augment, keep=("label",))
+                                  augment=config.features.augment, keep=(text_key,))
   frozen = {"teacher": clip.params}
-  if h.alpha > 0:
+  if h.alpha > 0 and captions:
+    unique = list(captions[1])          # in id order (dicts keep insertion order)
+    logging.info("Contrastive texts: %d distinct captions of %d images.", len(unique),
+                 source.size())
+    frozen["text"] = encode_texts(clip, unique)    # unit norm
+  elif h.alpha > 0:
     frozen["text"] = evaluation.build_classifier(clip, prompts, 256, None)
   logging.info("Teacher features: computed in the step on the %s batch.",
                "augmented" if config.features.augment else "un-augmented")
@@ -165,7 +200,7 @@ def train(config, workdir: str, clip, mesh, hooks=()) -> str:
     return models.student.embed(student, params, model_state, spec.normalize(images),
                                 train=True)
 
-  loss_fn = fd.make_loss_fn(h, student_embed, clip.image_features, "image", "image")
+  loss_fn = fd.make_loss_fn(h, student_embed, clip.image_features, "image", "image", text_key)
   total = t.epochs * batches.steps_per_epoch
   logging.info("Training the student: %d epochs x %d steps of %d (%s).", t.epochs,
                batches.steps_per_epoch, t.batch_size, h)
