@@ -359,3 +359,32 @@ def test_folder_extras_ride_through_the_training_pipeline(folder):
   assert sorted(batch["caption"] // 10) == list(range(48))   # each file's own value, shuffled
   names, files, labels = data.sources.list_folder(folder, False)
   np.testing.assert_array_equal(batch["label"], np.asarray(labels)[batch["caption"] // 10])
+
+
+def test_two_processes_train_like_one(tiny_clip_dir, folder, tmp_path):
+  """Data-parallel over hosts: two gloo processes of one device each run the
+  same global steps as one process of two devices. Each host shuffles its own
+  share of the images, so the batches (and the weights, slightly) differ from
+  the single process's; the step count, the export and the accuracy must not."""
+  base = {"clip": tiny_clip_dir, "data.dataset": "folder:" + folder,
+          "student.preset": "world_resnet", "train.batch_size": 16, "train.epochs": 1,
+          "train.log_every": 1, "evals.zeroshot.datasets": "folder:" + folder,
+          "evals.zeroshot.batch_size": 16, "evals.zeroshot.cache_dir": "none",
+          "evals.zeroshot.templates": "('a photo of a {}.',)", "reference_clip": False}
+  config = os.path.join(procs.ROOT, "configs", "distill.py")
+  single = procs.launch(config, tmp_path / "single", base, devices=2)
+  port = procs.free_port()
+  multi = [procs.launch(config, tmp_path / "multi", base, devices=1,
+                        extra_env=procs.process_env(port, 2, i)) for i in range(2)]
+  for rc, _, err in [procs.wait(p) for p in [single] + multi]:
+    assert rc == 0, err[-3000:]
+  meta = {n: json.loads((tmp_path / n / "export" / "student" / "student.json").read_text())
+          for n in ("single", "multi")}
+  assert meta["single"]["steps"] == meta["multi"]["steps"] == 48 // 16
+  res = {n: json.loads((tmp_path / n / "results.json").read_text())["student"]
+         for n in ("single", "multi")}
+  (s,), (m,) = res["single"].values(), res["multi"].values()
+  assert s["num_examples"] == m["num_examples"] == 48
+  assert abs(s["top1"] - m["top1"]) <= 10
+  a, b = (np.load(tmp_path / n / "export" / "student" / "head.npz") for n in ("single", "multi"))
+  np.testing.assert_allclose(a["kernel"], b["kernel"], atol=0.02)   # close, not identical
