@@ -43,3 +43,15 @@ def wait(proc, timeout=300):
     out, err = proc.communicate()
     err += f"\n[killed after {timeout}s]"
   return proc.returncode, out, err
+
+
+def single_and_two_hosts(config, root, overrides) -> None:
+  """The binary once on 2 devices (into root/single) and as 2 gloo processes
+  of 1 device each (into root/multi); asserts that every process exits 0."""
+  single = launch(config, root / "single", overrides, devices=2)
+  port = free_port()
+  multi = [launch(config, root / "multi", overrides, devices=1,
+                  extra_env=process_env(port, 2, i)) for i in range(2)]
+  for rc, _, err in [wait(p) for p in [single] + multi]:
+    assert rc == 0, err[-3000:]
+

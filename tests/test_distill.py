@@ -372,12 +372,7 @@ def test_two_processes_train_like_one(tiny_clip_dir, folder, tmp_path):
           "evals.zeroshot.batch_size": 16, "evals.zeroshot.cache_dir": "none",
           "evals.zeroshot.templates": "('a photo of a {}.',)", "reference_clip": False}
   config = os.path.join(procs.ROOT, "configs", "distill.py")
-  single = procs.launch(config, tmp_path / "single", base, devices=2)
-  port = procs.free_port()
-  multi = [procs.launch(config, tmp_path / "multi", base, devices=1,
-                        extra_env=procs.process_env(port, 2, i)) for i in range(2)]
-  for rc, _, err in [procs.wait(p) for p in [single] + multi]:
-    assert rc == 0, err[-3000:]
+  procs.single_and_two_hosts(config, tmp_path, base)
   meta = {n: json.loads((tmp_path / n / "export" / "student" / "student.json").read_text())
           for n in ("single", "multi")}
   assert meta["single"]["steps"] == meta["multi"]["steps"] == 48 // 16

@@ -256,12 +256,7 @@ def test_two_processes_equal_one(cfg, tmp_path, tiny_clip_dir, tiny_vision_dirs,
           "reference_clip": False, "train.log_every": 2, "train.checkpoint_every": 4}
   config = os.path.join(ROOT, "configs", "zoomshot.py")
 
-  single = procs.launch(config, tmp_path / "single", base, devices=2)
-  port = procs.free_port()
-  multi = [procs.launch(config, tmp_path / "multi", base, devices=1,
-                        extra_env=procs.process_env(port, 2, i)) for i in range(2)]
-  for rc, _, err in [procs.wait(p) for p in [single] + multi]:
-    assert rc == 0, err[-3000:]
+  procs.single_and_two_hosts(config, tmp_path, base)
   res = {n: json.loads((tmp_path / n / "results.json").read_text()) for n in ("single", "multi")}
   assert res["single"] == res["multi"]
   (a, _), (b, _) = _mapping(str(tmp_path / "single")), _mapping(str(tmp_path / "multi"))
