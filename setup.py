@@ -36,6 +36,7 @@ setuptools.setup(
         "ml_collections>=1.0",
         "absl-py>=2.0",
         "numpy>=1.26",
+        "scipy>=1.11",  # ASIF's sparse scoring on CPU (CSR x CSR); jax needs it too
         "pillow>=10.0",
         "matplotlib>=3.7",  # the demo's bar chart
         "allpairspy>=2.5",  # pairwise covering arrays for synthetic prompts (the reference's)

@@ -151,6 +151,7 @@ def embedded(env, tmp_path_factory):
     ({"stage": "train"}, r"config.stage='train': give one or both of \['embed-anchors', "
                          r"'evaluate'\]"),
     ({"asif.rule": "vote"}, "config.asif.rule='vote' is not one of"),
+    ({"asif.top_k": "gpu"}, r"config.asif.top_k='gpu' is not one of \['auto', 'host', 'xla'\]"),
     ({"evals.asif.templates": "clip"}, "config.evals.asif.templates='clip'"),
     ({"evals.asif.type": "vqa"}, "config.evals.asif.type='vqa': expected one of"),
     ({"text_encoder.pooling": "cls", "stage": "evaluate"},

@@ -3,7 +3,8 @@
 The brute force is written from the spec alone: every similarity, a sort by
 (value desc, index asc), the top k raised to p, text rows normalised, dense
 products, argmax over prompts. Sharded (8 devices), streamed, incremental
-and in-memory single-device runs must give bit-identical rows.
+and in-memory single-device runs must give bit-identical rows, with the
+top-k taken on the host (the CPU default) or by `lax.top_k` in the program.
 """
 
 import jax
@@ -51,10 +52,11 @@ def exact_data():
   return queries, anchors
 
 
-@pytest.mark.parametrize("num_devices", [1, 8])
-def test_search_equals_brute_force_with_ties(exact_data, num_devices):
+@pytest.mark.parametrize("num_devices, top_k", [(1, "host"), (8, "host"), (8, "xla")])
+def test_search_equals_brute_force_with_ties(exact_data, num_devices, top_k):
   queries, anchors = exact_data
-  searcher = relative.Searcher(_mesh(num_devices), k=20, query_chunk=16, block=8)
+  searcher = relative.Searcher(_mesh(num_devices), k=20, query_chunk=16, block=8, top_k=top_k)
+  assert searcher.top_k == top_k
   res = searcher.search(queries, relative.in_memory_chunks(searcher, anchors))
   idx, sims = brute_topk(queries, anchors, 20)
   np.testing.assert_array_equal(res.idx, idx)
@@ -88,9 +90,9 @@ def test_sharded_streamed_and_incremental_are_bit_identical(random_data):
   queries, anchors = random_data
   k = 24
 
-  def run(num_devices, chunk_size=0, splits=(), axes=(("data", -1),)):
+  def run(num_devices, chunk_size=0, splits=(), axes=(("data", -1),), top_k="auto"):
     mesh = sharding.make_mesh(axes, devices=jax.devices()[:num_devices])
-    searcher = relative.Searcher(mesh, k, query_chunk=16, block=8)
+    searcher = relative.Searcher(mesh, k, query_chunk=16, block=8, top_k=top_k)
     bounds = [0, *splits, len(anchors)]
     res = None
     for lo, hi in zip(bounds[:-1], bounds[1:]):  # each piece: an anchor-set update
@@ -105,7 +107,11 @@ def test_sharded_streamed_and_incremental_are_bit_identical(random_data):
               "incremental x3, streamed": run(1, chunk_size=50, splits=(30, 200)),
               # Query rows split too: 2 query groups x 4 anchor devices, or 8 x 1.
               "2 x 4 mesh, streamed": run(8, chunk_size=70, axes=(("queries", 2), ("data", 4))),
-              "8 query groups": run(8, axes=(("queries", 8),))}
+              "8 query groups": run(8, axes=(("queries", 8),)),
+              # lax.top_k in the program (the accelerators' path) gives the same bits.
+              "xla top_k, 1 device": run(1, top_k="xla"),
+              "xla top_k, 2 x 4 mesh, streamed": run(8, chunk_size=70, top_k="xla",
+                                                     axes=(("queries", 2), ("data", 4)))}
   for name, res in variants.items():
     np.testing.assert_array_equal(res.idx, ref.idx, err_msg=name)
     np.testing.assert_array_equal(res.sims, ref.sims, err_msg=name)
@@ -141,6 +147,32 @@ def test_search_rejects_bad_sizes(random_data):
   with pytest.raises(UserError, match="query_chunk=12 must be a positive multiple of the "
                      r"number of devices \(8\)"):
     relative.Searcher(_mesh(8), k=5, query_chunk=12)
+  with pytest.raises(UserError, match=r"top_k='fast' is not one of \['auto', 'host', 'xla'\]"):
+    relative.Searcher(_mesh(8), k=5, top_k="fast")
+
+
+def _brute(s, k):
+  order = np.lexsort((np.broadcast_to(np.arange(s.shape[1]), s.shape), -s), axis=1)[:, :k]
+  return np.take_along_axis(s, order, 1), order
+
+
+@pytest.mark.parametrize("k", [1, 5, 40, 64])
+def test_exact_top_k_equals_a_full_sort_and_lax_top_k(k):
+  """Rows with ties across the cut, ties among the kept, -inf padding, k = n."""
+  rng = np.random.default_rng(3)
+  s = rng.integers(-3, 4, (40, 64)).astype(np.float32)      # few values: ties everywhere
+  s[:10] = rng.standard_normal((10, 64)).astype(np.float32)  # no ties
+  s[10:15, 50:] = -np.inf                                    # padding
+  s[15, :] = 1.0                                             # one value
+  s[16, :] = -np.inf
+  vals, pos = relative.exact_top_k(s, k)
+  ref_vals, ref_pos = _brute(s, k)
+  np.testing.assert_array_equal(pos, ref_pos)
+  np.testing.assert_array_equal(vals, ref_vals)
+  assert pos.dtype == np.int32 and vals.dtype == np.float32
+  lax_vals, lax_pos = jax.lax.top_k(s, k)
+  np.testing.assert_array_equal(pos, lax_pos)
+  np.testing.assert_array_equal(vals, lax_vals)
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +192,8 @@ def classes_data():
   return image_anchors, text_anchors, queries, prompts, q_cls
 
 
-@pytest.mark.parametrize("num_devices", [1, 8])
-def test_scores_and_predictions_equal_dense_numpy(classes_data, num_devices):
+@pytest.mark.parametrize("num_devices, impl", [(1, "host"), (8, "host"), (1, "xla"), (8, "xla")])
+def test_scores_and_predictions_equal_dense_numpy(classes_data, num_devices, impl):
   image_anchors, text_anchors, queries, prompts, labels = classes_data
   k, p = 30, 8
   searcher = relative.Searcher(_mesh(num_devices), k, query_chunk=16, block=8)
@@ -169,7 +201,13 @@ def test_scores_and_predictions_equal_dense_numpy(classes_data, num_devices):
   text = searcher.search(prompts, relative.in_memory_chunks(searcher, text_anchors))
   assert np.isin(np.arange(7, 12), text.idx).all(axis=None) and all(
       np.isin(np.arange(7, 12), row).all() for row in text.idx)  # hubs: in every text row
-  scores = scoring.Scorer(searcher.mesh, scoring.index_text(text, p)).scores(image, p)
+  scorer = scoring.Scorer(searcher.mesh, scoring.index_text(text, p), impl)
+  assert scorer.impl == impl
+  scores = scorer.scores(image, p)
+  # The two joins add the same products in the same order: the same bits.
+  other = scoring.Scorer(searcher.mesh, scoring.index_text(text, p),
+                         {"host": "xla", "xla": "host"}[impl]).scores(image, p)
+  np.testing.assert_array_equal(scores, other)
   ref = (dense_rep(queries, image_anchors, k, p, False)
          @ dense_rep(prompts, text_anchors, k, p, True).T)
   np.testing.assert_allclose(scores, ref, rtol=2e-5, atol=1e-6 * np.abs(ref).max())

@@ -52,3 +52,33 @@ def test_none_switches_it_off(tmp_path, monkeypatch):
   default = _run("")   # "" = the user cache dir
   assert default["path"] == str(tmp_path / "user_cache" / "jax")
   assert os.listdir(default["path"])
+
+
+def test_asif_class_uses_the_cache_and_keeps_one_jax_already_has(tmp_path):
+  """A notebook's second session loads ASIF's programs; a cache dir the user
+  gave jax is not replaced by ours."""
+  script = """
+import json, sys
+import jax, numpy as np
+if sys.argv[2] == "user":
+  jax.config.update("jax_compilation_cache_dir", sys.argv[1] + "/user")
+from zoomshot_jax import compile_cache
+from zoomshot_jax.asif import Asif
+rng = np.random.default_rng(0)
+model = Asif(rng.standard_normal((64, 8)), rng.standard_normal((64, 6)), k=8, block=8)
+model.classify(rng.standard_normal((4, 8)), rng.standard_normal((3, 6)))
+print(json.dumps({"dir": jax.config.jax_compilation_cache_dir, **compile_cache.snapshot()}))
+"""
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             ZOOMSHOT_CACHE=str(tmp_path / "ours"))
+
+  def run(mode):
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path), mode], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+  first, second = run("ours"), run("ours")
+  assert first["dir"] == str(tmp_path / "ours" / "jax") and first["hits"] == 0
+  assert second["compiles"] == first["compiles"] >= 2 and second["hits"] == second["compiles"]
+  assert run("user")["dir"] == str(tmp_path / "user")

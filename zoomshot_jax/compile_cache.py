@@ -70,6 +70,16 @@ def setup(value: str) -> str | None:
   return path
 
 
+def setup_unless_set(value: str = "") -> str | None:
+  """`setup(value)` for library entry points (the `Asif` class in a notebook):
+  a cache directory the user already gave jax is kept, not replaced."""
+  import jax  # pylint: disable=g-import-not-at-top
+  current = jax.config.jax_compilation_cache_dir
+  if current and value != "none":
+    return current
+  return setup(value)
+
+
 def snapshot() -> dict:
   with _lock:
     return dict(_counts)

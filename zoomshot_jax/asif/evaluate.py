@@ -58,7 +58,7 @@ class Queries:
 class AsifModel:
   """What the `asif_classification` evaluator evaluates: an anchor store, the
   two encoders that made it, and the method's fields (config.asif: k, p,
-  rule, query_chunk, anchor_block, anchor_chunk, reuse_reps)."""
+  rule, query_chunk, anchor_block, top_k, scoring, anchor_chunk, reuse_reps)."""
 
   store_dir: str
   image_encoder: Any
@@ -170,9 +170,10 @@ def metrics(class_scores: np.ndarray, labels: np.ndarray) -> dict:
           "num_examples": int(n)}
 
 
-def score(q: Queries, mesh, p: float, rule: str) -> tuple[np.ndarray, np.ndarray]:
+def score(q: Queries, mesh, p: float, rule: str,
+          impl: str = "auto") -> tuple[np.ndarray, np.ndarray]:
   """(prompt scores [n, K * J], class scores [n, K]) of a dataset's images."""
-  scorer = scoring.Scorer(mesh, scoring.index_text(q.topk["text"], p))
+  scorer = scoring.Scorer(mesh, scoring.index_text(q.topk["text"], p), impl)
   prompt_scores = scorer.scores(q.topk["image"], p)
   return prompt_scores, scoring.class_scores(prompt_scores, len(q.prompts.templates), rule)
 
@@ -221,7 +222,7 @@ def classification(cfg, model: AsifModel, mesh, workdir: str | None = None,
   check_k(m.k, store)
   names = registry.datasets(cfg, name)
   workdir = workdir or ""
-  searcher = Searcher(mesh, m.k, m.query_chunk, m.anchor_block)
+  searcher = Searcher(mesh, m.k, m.query_chunk, m.anchor_block, m.top_k)
   queries = [load_queries(cfg, m, workdir, d, mesh, model.image_encoder, model.text_encoder,
                           store) for d in names]
   search_all(queries, searcher, store, m.anchor_chunk)
@@ -229,7 +230,7 @@ def classification(cfg, model: AsifModel, mesh, workdir: str | None = None,
   for q in queries:
     if main:
       save_cache(workdir, q)
-    prompt_scores, class_scores = score(q, mesh, m.p, m.rule)
+    prompt_scores, class_scores = score(q, mesh, m.p, m.rule, m.scoring)
     results[q.name] = metrics(class_scores, q.labels)
     logging.info("%s: %s", q.name, results[q.name])
     if main and cfg.save_predictions:

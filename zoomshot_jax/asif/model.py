@@ -18,10 +18,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from zoomshot_jax import sharding
+from zoomshot_jax import compile_cache, sharding
 from zoomshot_jax.asif import scoring
 from zoomshot_jax.asif.relative import Searcher, TopK, in_memory_chunks
 from zoomshot_jax.errors import UserError
+
+_SIMS_BUDGET = 1 << 30  # bytes of similarities per search step, over all devices
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -34,10 +36,17 @@ class Asif:
 
   def __init__(self, image_anchors, text_anchors, captions: Sequence[str] | None = None,
                k: int = 800, p: float = 8, mesh=None, query_chunk: int | None = None,
-               block: int = 8192):
-    self.k, self.p = k, p
+               block: int = 4096, top_k: str = "auto", scoring_impl: str = "auto",
+               compilation_cache: str = ""):
+    # jax's persistent compilation cache, as every binary has it (a directory,
+    # "" = the user cache dir, "none" = off; one the user set in jax is kept):
+    # the first call in a new session then loads its programs instead of
+    # compiling them, which at tens of thousands of anchors is most of it.
+    compile_cache.setup_unless_set(compilation_cache)
+    self.k, self.p, self.scoring_impl = k, p, scoring_impl
     mesh = mesh or sharding.make_mesh([("data", -1)])
-    self.searcher = Searcher(mesh, k, query_chunk or 64 * mesh.devices.size, block)
+    self._fixed_chunk = query_chunk
+    self.searcher = Searcher(mesh, k, query_chunk or mesh.devices.size, block, top_k)
     self.anchors = {"image": np.zeros((0, np.shape(image_anchors)[-1]), np.float32),
                     "text": np.zeros((0, np.shape(text_anchors)[-1]), np.float32)}
     self.captions: list[str] = []
@@ -76,12 +85,20 @@ class Asif:
     start = previous.num_anchors if previous is not None else 0
     if start == self.num_anchors:
       return previous
+    if not self._fixed_chunk:
+      # As many query rows per step as keep the similarity buffer near
+      # _SIMS_BUDGET (all anchors are on the mesh at once here), up to 1024:
+      # large steps keep the dots efficient, and 1.6M anchors still fit.
+      d = self.searcher.num_devices
+      rows = _SIMS_BUDGET // (4 * self.searcher.chunk_rows(self.num_anchors - start))
+      self.searcher.query_chunk = max(d, min(1024, rows) // d * d)
     chunks = in_memory_chunks(self.searcher, self.anchors[kind][start:], offset=start)
     return self.searcher.search(x, chunks, previous)
 
   def scores(self, images: TopK, prompts: TopK) -> np.ndarray:
     """sim(x, s) [n, P] of image rows against prompt rows (METHODS.md §3)."""
-    scorer = scoring.Scorer(self.searcher.mesh, scoring.index_text(prompts, self.p))
+    scorer = scoring.Scorer(self.searcher.mesh, scoring.index_text(prompts, self.p),
+                            self.scoring_impl)
     return scorer.scores(images, self.p)
 
   def classify(self, images, prompts, num_templates: int = 1,

@@ -29,7 +29,7 @@ import ml_collections
 from absl import logging
 
 from zoomshot_jax import encoders, io_utils, sharding
-from zoomshot_jax.asif import embed, scoring
+from zoomshot_jax.asif import embed, relative, scoring
 from zoomshot_jax.asif.evaluate import AsifModel
 from zoomshot_jax.asif.sources import get_anchor_source
 from zoomshot_jax.asif.store import AnchorStore
@@ -58,6 +58,10 @@ def _check(config) -> None:
   if a.anchor_chunk < 0:
     raise UserError(f"config.asif.anchor_chunk={a.anchor_chunk} must be >= 0 "
                     "(0: all anchors in device memory).")
+  for field, allowed in (("top_k", relative.TOP_K), ("scoring", scoring.IMPLS)):
+    if a[field] not in allowed:
+      raise UserError(f"config.asif.{field}={a[field]!r} is not one of {list(allowed)} "
+                      "(auto: host on CPU devices, xla elsewhere).")
   registry.check(config.evals)
   for name, e in config.evals.items():
     if e.get("templates", "default") not in ("reference", "default"):
