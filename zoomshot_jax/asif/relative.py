@@ -19,7 +19,10 @@ Per query chunk, two jitted shard_map programs:
      dot of the same shape [rows, d] x [d, block] for every block, whatever
      the sharding, the chunking or the offset, so every similarity has the
      same bits in sharded, streamed, incremental and unsharded runs), and
-     takes its local top-min(k, L) with `lax.top_k`;
+     takes its local top-min(k, L) with `lax.top_k` — on CPU devices the
+     program returns the similarities and each host takes its devices'
+     top-k on all its cores instead (host_topk.py: the same result, bit for
+     bit; XLA:CPU's top_k runs on one thread);
   2. an all_to_all over the anchor axis hands each device 1/A of its query
      rows with all anchor-devices' candidates, in device order = anchor index
      order, and a second `lax.top_k` keeps the global top-k, row-sharded over
@@ -40,11 +43,9 @@ order: the one total order (value desc, index asc) a brute-force sort gives.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import math
-import os
 from collections.abc import Callable, Iterable
 
 import jax
@@ -53,6 +54,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from zoomshot_jax import sharding
+from zoomshot_jax.asif import host_topk
 from zoomshot_jax.errors import UserError
 
 AXIS = "anchors"
@@ -168,93 +170,6 @@ def _sims_program(mesh: Mesh, local_rows: int, block: int):
 
   return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=_IN_SPECS, out_specs=_BLOCKS,
                                check_vma=False))
-
-
-def exact_top_k(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-  """Each row's k largest values and their positions, (value desc, position asc).
-
-  The order `lax.top_k` gives, computed on the host: an O(n) partition per
-  row (NumPy's introselect, which releases the GIL, so rows can be split over
-  threads) and a sort of the k kept, instead of XLA:CPU's single-threaded
-  top_k: 3-4x faster per core at ASIF's sizes. Exact with ties: a row with
-  more than k values >= its k-th largest (a tie across the cut, where the
-  partition's choice among the tied is arbitrary) is sorted in full, stably;
-  rows whose kept values tie among themselves are re-sorted by position.
-
-  Args:
-    s: [r, n] float32, n >= k (masked entries at -inf).
-  Returns:
-    (values [r, k] float32, positions [r, k] int32).
-  """
-  n = s.shape[1]
-  if k >= n:
-    pos = np.argsort(-s, axis=1, kind="stable")[:, :k]
-  else:
-    # One kth only: NumPy partitions once per kth, and a second doubles the cost.
-    part = np.argpartition(s, n - k, axis=1)
-    pos = part[:, n - k:]
-    kth = np.take_along_axis(s, part[:, n - k:n - k + 1], 1)
-    tied = np.flatnonzero(np.count_nonzero(s >= kth, axis=1) > k)
-    if tied.size:
-      pos[tied] = np.argsort(-s[tied], axis=1, kind="stable")[:, :k]
-  vals = np.take_along_axis(s, pos, 1)
-  order = np.argsort(-vals, axis=1)  # unstable: equal kept values are fixed next
-  pos, vals = np.take_along_axis(pos, order, 1), np.take_along_axis(vals, order, 1)
-  tied = np.flatnonzero((vals[:, 1:] == vals[:, :-1]).any(axis=1))
-  if tied.size:
-    order = np.lexsort((pos[tied], -vals[tied]), axis=1)
-    pos[tied] = np.take_along_axis(pos[tied], order, 1)
-    vals[tied] = np.take_along_axis(vals[tied], order, 1)
-  return vals, pos.astype(np.int32)
-
-
-@functools.lru_cache(maxsize=None)
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
-  return concurrent.futures.ThreadPoolExecutor(host_cores(), thread_name_prefix="asif-top-k")
-
-
-def host_cores() -> int:
-  """The cores this process may run on."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # not Linux
-    return os.cpu_count() or 1
-
-
-# Rows per host top-k task: its temporaries (int64 positions of every
-# column) stay small, and tasks spread evenly over the cores.
-_TASK_ROWS = 128
-
-
-def _host_top_k(sims: jax.Array, k_local: int, offset: int, end: int,
-                anchor_devices: int) -> tuple[jax.Array, jax.Array]:
-  """Program 1's top-k on the host: each local device's block [rows, L] of
-  `sims` (anchors [offset, end) of the chunk, the rest padding), in row
-  slices over this host's cores, -> candidates [Qc, A * k_local] (global
-  anchor indices), sharded as `sims` (each block's on its device)."""
-  shards = sims.addressable_shards
-  tasks = []  # (shard number, block, first row, last row, first anchor)
-  for n, shard in enumerate(shards):
-    block = np.asarray(shard.data)  # on a CPU device: the device buffer itself
-    start = offset + (shard.index[1].start or 0)
-    # Padding columns (-inf) are left out unless fewer than k_local are real.
-    block = block[:, :max(k_local, min(block.shape[1], end - start))]
-    tasks += [(n, block, lo, min(lo + _TASK_ROWS, block.shape[0]), start)
-              for lo in range(0, block.shape[0], _TASK_ROWS)]
-
-  def run(task):
-    _, block, lo, hi, start = task
-    vals, pos = exact_top_k(block[lo:hi], k_local)
-    return vals, pos + np.int32(start)
-
-  done = list(_pool().map(run, tasks))
-  shape = (sims.shape[0], anchor_devices * k_local)
-  out = []
-  for j in range(2):  # values, indices
-    pieces = [jax.device_put(np.concatenate([d[j] for t, d in zip(tasks, done) if t[0] == n]),
-                             shard.device) for n, shard in enumerate(shards)]
-    out.append(jax.make_array_from_single_device_arrays(shape, sims.sharding, pieces))
-  return out[0], out[1]
 
 
 @functools.lru_cache(maxsize=None)
@@ -411,7 +326,8 @@ class Searcher:
       for i, q in enumerate(q_dev):
         res = program(q, chunk.data, offset, limit)
         if host:
-          res = _host_top_k(res, k_local, chunk.offset, chunk.end, self.anchor_devices)
+          res = host_topk.device_top_k(res, k_local, chunk.offset, chunk.end,
+                                          self.anchor_devices)
         if not single:
           # Wait for the collective: XLA:CPU runs each device's program on a
           # shared thread pool, and steps dispatched ahead (no data dependence

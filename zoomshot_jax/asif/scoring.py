@@ -41,7 +41,8 @@ import scipy.sparse
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from zoomshot_jax import sharding
-from zoomshot_jax.asif.relative import ROWS, TopK, host_cores, search_mesh
+from zoomshot_jax.asif.host_topk import host_cores
+from zoomshot_jax.asif.relative import ROWS, TopK, search_mesh
 from zoomshot_jax.errors import UserError
 
 RULES = ("prompt_max", "template_mean")

@@ -1,0 +1,103 @@
+"""Each device's exact top-k on its host's cores: ASIF's search on CPU devices.
+
+XLA:CPU runs `lax.top_k` as a single-threaded partial sort; on a CPU host the
+search program (relative.py) returns each device's similarity block instead,
+and this module takes its top-k with NumPy on every core of the host, with
+`lax.top_k`'s result to the bit (same values, same positions, same order).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+
+import jax
+import numpy as np
+
+
+def exact_top_k(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """Each row's k largest values and their positions, (value desc, position asc).
+
+  The order `lax.top_k` gives, computed on the host: an O(n) partition per
+  row (NumPy's introselect, which releases the GIL, so rows can be split over
+  threads) and a sort of the k kept, instead of XLA:CPU's single-threaded
+  top_k: 3-4x faster per core at ASIF's sizes. Exact with ties: a row with
+  more than k values >= its k-th largest (a tie across the cut, where the
+  partition's choice among the tied is arbitrary) is sorted in full, stably;
+  rows whose kept values tie among themselves are re-sorted by position.
+
+  Args:
+    s: [r, n] float32, n >= k (masked entries at -inf).
+  Returns:
+    (values [r, k] float32, positions [r, k] int32).
+  """
+  n = s.shape[1]
+  if k >= n:
+    pos = np.argsort(-s, axis=1, kind="stable")[:, :k]
+  else:
+    # One kth only: NumPy partitions once per kth, and a second doubles the cost.
+    part = np.argpartition(s, n - k, axis=1)
+    pos = part[:, n - k:]
+    kth = np.take_along_axis(s, part[:, n - k:n - k + 1], 1)
+    tied = np.flatnonzero(np.count_nonzero(s >= kth, axis=1) > k)
+    if tied.size:
+      pos[tied] = np.argsort(-s[tied], axis=1, kind="stable")[:, :k]
+  vals = np.take_along_axis(s, pos, 1)
+  order = np.argsort(-vals, axis=1)  # unstable: equal kept values are fixed next
+  pos, vals = np.take_along_axis(pos, order, 1), np.take_along_axis(vals, order, 1)
+  tied = np.flatnonzero((vals[:, 1:] == vals[:, :-1]).any(axis=1))
+  if tied.size:
+    order = np.lexsort((pos[tied], -vals[tied]), axis=1)
+    pos[tied] = np.take_along_axis(pos[tied], order, 1)
+    vals[tied] = np.take_along_axis(vals[tied], order, 1)
+  return vals, pos.astype(np.int32)
+
+
+@functools.lru_cache(maxsize=None)
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+  return concurrent.futures.ThreadPoolExecutor(host_cores(), thread_name_prefix="asif-top-k")
+
+
+def host_cores() -> int:
+  """The cores this process may run on."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+# Rows per host top-k task: its temporaries (int64 positions of every
+# column) stay small, and tasks spread evenly over the cores.
+_TASK_ROWS = 128
+
+
+def device_top_k(sims: jax.Array, k_local: int, offset: int, end: int,
+                anchor_devices: int) -> tuple[jax.Array, jax.Array]:
+  """Program 1's top-k on the host: each local device's block [rows, L] of
+  `sims` (anchors [offset, end) of the chunk, the rest padding), in row
+  slices over this host's cores, -> candidates [Qc, A * k_local] (global
+  anchor indices), sharded as `sims` (each block's on its device)."""
+  shards = sims.addressable_shards
+  tasks = []  # (shard number, block, first row, last row, first anchor)
+  for n, shard in enumerate(shards):
+    block = np.asarray(shard.data)  # on a CPU device: the device buffer itself
+    start = offset + (shard.index[1].start or 0)
+    # Padding columns (-inf) are left out unless fewer than k_local are real.
+    block = block[:, :max(k_local, min(block.shape[1], end - start))]
+    tasks += [(n, block, lo, min(lo + _TASK_ROWS, block.shape[0]), start)
+              for lo in range(0, block.shape[0], _TASK_ROWS)]
+
+  def run(task):
+    _, block, lo, hi, start = task
+    vals, pos = exact_top_k(block[lo:hi], k_local)
+    return vals, pos + np.int32(start)
+
+  done = list(_pool().map(run, tasks))
+  shape = (sims.shape[0], anchor_devices * k_local)
+  out = []
+  for j in range(2):  # values, indices
+    pieces = [jax.device_put(np.concatenate([d[j] for t, d in zip(tasks, done) if t[0] == n]),
+                             shard.device) for n, shard in enumerate(shards)]
+    out.append(jax.make_array_from_single_device_arrays(shape, sims.sharding, pieces))
+  return out[0], out[1]
