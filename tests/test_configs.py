@@ -12,15 +12,17 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from zoomshot_jax.configs import (asif, common, demo, distill, text_to_concept, zeroshot_eval,
-                                  zoomshot)
+from zoomshot_jax.configs import (asif, common, demo, distill, text_to_concept, vl_finetune,
+                                  zeroshot_eval, zoomshot)
 from zoomshot_jax.world import render
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = {"zeroshot_eval": zeroshot_eval, "zoomshot": zoomshot,
-           "text_to_concept": text_to_concept, "asif": asif, "demo": demo, "distill": distill}
+           "text_to_concept": text_to_concept, "asif": asif, "demo": demo, "distill": distill,
+           "vl_finetune": vl_finetune}
 PROGRAMS = {"zeroshot_eval": "zeroshot_eval", "zoomshot": "zoomshot",
-            "text_to_concept": "zoomshot", "asif": "asif", "demo": "demo", "distill": "distill"}
+            "text_to_concept": "zoomshot", "asif": "asif", "demo": "demo", "distill": "distill",
+            "vl_finetune": "vl_finetune"}
 # The word each kind takes when none is given (None: the kind's effect is off).
 DEFAULTS = {
     "zeroshot_eval": {"clip": "b32", "datasets": "imagenet"},
@@ -29,6 +31,7 @@ DEFAULTS = {
     "asif": {"setting": "paper", "text": None},
     "demo": {"scale": "full", "renderer": "clean"},
     "distill": {"student": "vit_tiny", "stage": "stage2", "dataset": "pets"},
+    "vl_finetune": {"task": "vqa", "data": "world", "regime": "full", "scale": None},
 }
 MACHINE_PREFIXES = ("/tmp", "/home", "/root", "/Users", "~", "/data", "/mnt")
 
@@ -77,6 +80,11 @@ OBSERVE = {
         "stage": _key(distill.STAGES, c.train.epochs),
         "dataset": _key({w: d for w, (d, _) in distill.DATASETS.items()},
                         c.evals.zeroshot.datasets)},
+    "vl_finetune": lambda c: {
+        "task": c.task, "regime": c.regime,
+        "data": _key({"world": ("world", "world_tiny"), "real": ("real", "vilt_b32")},
+                     (c.data.source, c.student.preset)),
+        "scale": "tiny" if (c.world.train, c.train.steps) == (16, 4) else None},
 }
 
 

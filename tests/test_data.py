@@ -172,7 +172,7 @@ def test_bad_folders(tmp_path):
   # Without the up-front check, the failure surfaces as a UserError while iterating.
   src = data.folder_source(str(tmp_path / "bad"), verify=False)
   ds, _, _ = data.eval_batches(src, {"image": SPEC}, 1)
-  with pytest.raises(UserError, match="could not be decoded"):
+  with pytest.raises(UserError, match="could not be read or decoded"):
     list(data.as_numpy(ds, "dataset 'bad'"))
 
 

@@ -19,6 +19,8 @@ SCRIPTS = {
                                  "--zs_steps=5", "--json_out=/tmp/x.json"],
     "bench_asif.py": ["--anchors=1600000", "--layouts=anchors", "--data_threads=4",
                       "--torch_device=auto", "--time_limit=30", "--json_out=/tmp/x.json"],
+    "vl_baselines.py": ["--root=/tmp/x", "--tasks=vqa,vcr", "--regimes=low1,shift",
+                        "--seeds=0,1", "--parallel=2"],
     "bench_distill.py": ["--teacher=b32", "--student=vit_tiny", "--batch_size=256",
                          "--steps=10", "--torch_device=auto", "--json_out=/tmp/x.json"],
 }

@@ -142,6 +142,7 @@ def as_numpy(ds: tf.data.Dataset, context: str) -> Iterator[dict[str, np.ndarray
       yield next(it)
     except StopIteration:
       return
-    except tf.errors.InvalidArgumentError as e:
-      raise UserError(f"{context}: an image could not be decoded "
-                      f"({e.message.splitlines()[0]}); remove or replace it.") from e
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+      # NotFound: a file listed by a record (VL tasks) vanished after the checks.
+      raise UserError(f"{context}: an image could not be read or decoded "
+                      f"({e.message.splitlines()[0][:300]}); remove or replace it.") from e

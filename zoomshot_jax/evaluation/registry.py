@@ -12,6 +12,8 @@ entry to EVALUATORS and a group to a config.
                             text tower makes the classifiers)
   asif_classification       ASIF's top-1/top-5 against an anchor store;
                             model: `asif.evaluate.AsifModel`
+  vl_task                   VQA / SNLI-VE / VCR official metrics of a
+                            fine-tuned VL student; model: `vl.evaluate.VLModel`
 """
 
 from __future__ import annotations
@@ -102,8 +104,13 @@ def asif_classification(cfg, model, mesh, workdir: str | None = None,
   return asif_evaluate.classification(cfg, model, mesh, workdir, name)
 
 
+def vl_task(cfg, model, mesh, workdir: str | None = None, name: str = "vl") -> dict[str, dict]:
+  from zoomshot_jax.vl import evaluate as vl_evaluate  # pylint: disable=g-import-not-at-top
+  return vl_evaluate.evaluate(cfg, model, mesh, workdir, name)
+
+
 EVALUATORS = {"zeroshot_classification": zeroshot_classification,
-              "asif_classification": asif_classification}
+              "asif_classification": asif_classification, "vl_task": vl_task}
 
 
 def check(evals) -> None:
