@@ -21,6 +21,8 @@ SCRIPTS = {
                       "--torch_device=auto", "--time_limit=30", "--json_out=/tmp/x.json"],
     "vl_baselines.py": ["--root=/tmp/x", "--tasks=vqa,vcr", "--regimes=low1,shift",
                         "--seeds=0,1", "--parallel=2"],
+    "bench_vl.py": ["--preset=vilt_b32", "--image_size=384", "--batch_size=64", "--steps=10",
+                    "--torch_device=auto", "--json_out=/tmp/x.json"],
     "bench_distill.py": ["--teacher=b32", "--student=vit_tiny", "--batch_size=256",
                          "--steps=10", "--torch_device=auto", "--json_out=/tmp/x.json"],
 }
