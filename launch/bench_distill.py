@@ -17,11 +17,9 @@ On a GPU the baseline runs on CUDA (--torch_device).
 Needs torch for the baseline (pip install '.[bench]'); without it, ours alone.
 """
 
-import json
 import os
 import sys
 import tempfile
-import time
 
 from absl import app, flags
 
@@ -97,14 +95,12 @@ def run_ours(images_u8) -> float:
   rows = sharding.batch_sharding(mesh)
   batch = sharding.to_global({"image": images_u8, "label": np.zeros(len(images_u8), np.int32)},
                              rows)
-  for _ in range(2):
+  def run():
+    nonlocal state
     state, m = step(state, batch, frozen)
-  jax.block_until_ready(m)
-  t0 = time.perf_counter()
-  for _ in range(FLAGS.steps):
-    state, m = step(state, batch, frozen)
-  jax.block_until_ready(m)
-  return FLAGS.steps * len(images_u8) / (time.perf_counter() - t0)
+    return m
+
+  return bench_util.throughput(run, jax.block_until_ready, FLAGS.steps, len(images_u8))
 
 
 def run_torch(images_u8) -> float:
@@ -154,14 +150,7 @@ def run_torch(images_u8) -> float:
     opt.step()
     return loss
 
-  for _ in range(2):
-    step()
-  sync()
-  t0 = time.perf_counter()
-  for _ in range(FLAGS.steps):
-    step()
-  sync()
-  return FLAGS.steps * len(images_u8) / (time.perf_counter() - t0), dev
+  return bench_util.throughput(step, lambda _: sync(), FLAGS.steps, len(images_u8)), dev
 
 
 def main(argv):
@@ -171,18 +160,9 @@ def main(argv):
       0, 256, (FLAGS.batch_size, FLAGS.image_size, FLAGS.image_size, 3), dtype=np.uint8)
   out = {"teacher": FLAGS.teacher, "student": FLAGS.student, "image_size": FLAGS.image_size,
          "batch_size": FLAGS.batch_size, "cores": bench_util.available_cores()}
-  out["ours_images_per_s"] = run_ours(images)
-  print(f"ours:    {out['ours_images_per_s']:.1f} images/s", flush=True)
-  if FLAGS.torch and bench_util.have("torch"):
-    out["torch_images_per_s"], out["torch_device"] = run_torch(images)
-    out["ratio_ours_over_torch"] = out["ours_images_per_s"] / out["torch_images_per_s"]
-    print(f"pytorch: {out['torch_images_per_s']:.1f} images/s; ratio ours/pytorch "
-          f"{out['ratio_ours_over_torch']:.2f}x", flush=True)
-  else:
-    print("pytorch: skipped (torch is not installed: pip install '.[bench]')")
-  if FLAGS.json_out:
-    bench_util.write_json(FLAGS.json_out, out)
-  print(json.dumps(out))
+  bench_util.versus_torch(out, "images", lambda: run_ours(images), lambda: run_torch(images),
+                          FLAGS.torch, FLAGS.json_out,
+                          missing="torch is not installed: pip install '.[bench]'")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 import types
 
 
@@ -30,6 +31,40 @@ def write_json(path: str, obj) -> None:
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=1, default=float)
   os.replace(tmp, path)
+
+
+def throughput(run, wait, steps: int, items: int, warmup: int = 2) -> float:
+  """items/s of `run()` (one step) over `steps` calls after `warmup` untimed
+  ones; `wait(last result)` blocks until the device has finished."""
+  last = None
+  for _ in range(warmup):
+    last = run()
+  wait(last)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    last = run()
+  wait(last)
+  return steps * items / (time.perf_counter() - t0)
+
+
+def versus_torch(out: dict, unit: str, run_ours, run_torch, want_torch: bool, json_out: str,
+                 digits: int = 1, missing: str = "torch is not installed") -> None:
+  """Ours, then PyTorch's (run_torch() -> (rate, device)) if asked and installed:
+  out["ours_<unit>_per_s"], ["torch_<unit>_per_s"], ["torch_device"] and
+  ["ratio_ours_over_torch"]; prints each and the JSON, writes json_out."""
+  ours = out[f"ours_{unit}_per_s"] = run_ours()
+  print(f"ours:    {ours:.{digits}f} {unit}/s", flush=True)
+  if want_torch and have("torch"):
+    theirs, out["torch_device"] = run_torch()
+    out[f"torch_{unit}_per_s"] = theirs
+    out["ratio_ours_over_torch"] = ours / theirs
+    print(f"pytorch: {theirs:.{digits}f} {unit}/s; ratio ours/pytorch "
+          f"{out['ratio_ours_over_torch']:.2f}x", flush=True)
+  else:
+    print(f"pytorch: skipped ({missing})")
+  if json_out:
+    write_json(json_out, out)
+  print(json.dumps(out))
 
 
 class _Absent:

@@ -17,10 +17,8 @@ cores. Prints examples/s of each and the ratio ours / PyTorch; --json_out
 writes them. Needs torch for the baseline; without it, ours alone.
 """
 
-import json
 import os
 import sys
-import time
 
 from absl import app, flags
 
@@ -87,14 +85,12 @@ def run_ours(batch) -> float:
   state = sharding.replicate(training.step.init_state(
       vl_tasks.init(params, cfg, hyper), tx, {}), mesh)
   gbatch = sharding.to_global(batch, sharding.batch_sharding(mesh))
-  for _ in range(2):
+  def run():
+    nonlocal state
     state, m = step(state, gbatch, {})
-  jax.block_until_ready(m)
-  t0 = time.perf_counter()
-  for _ in range(FLAGS.steps):
-    state, m = step(state, gbatch, {})
-  jax.block_until_ready(m)
-  return FLAGS.steps * FLAGS.batch_size / (time.perf_counter() - t0)
+    return m
+
+  return bench_util.throughput(run, jax.block_until_ready, FLAGS.steps, FLAGS.batch_size)
 
 
 def run_torch(batch):
@@ -156,14 +152,7 @@ def run_torch(batch):
     loss.backward()
     opt.step()
 
-  for _ in range(2):
-    step()
-  sync()
-  t0 = time.perf_counter()
-  for _ in range(FLAGS.steps):
-    step()
-  sync()
-  return FLAGS.steps * FLAGS.batch_size / (time.perf_counter() - t0), dev
+  return bench_util.throughput(step, lambda _: sync(), FLAGS.steps, FLAGS.batch_size), dev
 
 
 def main(argv):
@@ -173,18 +162,8 @@ def main(argv):
   out = {"preset": FLAGS.preset, "image_size": cfg.image_size, "text_length": FLAGS.text_length,
          "tokens": FLAGS.text_length + cfg.num_image_tokens, "batch_size": FLAGS.batch_size,
          "num_answers": FLAGS.num_answers, "cores": bench_util.available_cores()}
-  out["ours_examples_per_s"] = run_ours(batch)
-  print(f"ours:    {out['ours_examples_per_s']:.2f} examples/s", flush=True)
-  if FLAGS.torch and bench_util.have("torch"):
-    out["torch_examples_per_s"], out["torch_device"] = run_torch(batch)
-    out["ratio_ours_over_torch"] = out["ours_examples_per_s"] / out["torch_examples_per_s"]
-    print(f"pytorch: {out['torch_examples_per_s']:.2f} examples/s; ratio ours/pytorch "
-          f"{out['ratio_ours_over_torch']:.2f}x", flush=True)
-  else:
-    print("pytorch: skipped (torch is not installed)")
-  if FLAGS.json_out:
-    bench_util.write_json(FLAGS.json_out, out)
-  print(json.dumps(out))
+  bench_util.versus_torch(out, "examples", lambda: run_ours(batch), lambda: run_torch(batch),
+                          FLAGS.torch, FLAGS.json_out, digits=2)
 
 
 if __name__ == "__main__":

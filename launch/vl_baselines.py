@@ -27,7 +27,7 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -111,9 +111,10 @@ def table(runs: list[dict]) -> str:
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # the world writer's jax/tfds lines
+  from zoomshot_jax import console  # pylint: disable=g-import-not-at-top
+  # The world writer's TF/jax chatter goes to <root>/log.txt, as in the binary.
+  console.setup(FLAGS.root)
   start = time.time()
-  os.makedirs(FLAGS.root, exist_ok=True)
   data_dir = os.path.join(FLAGS.root, "world_data")
   for task in FLAGS.tasks:
     _write_world(task, data_dir)
@@ -131,6 +132,7 @@ def main(argv):
     with open(tmp, "w") as f:
       f.write(body)
     os.replace(tmp, os.path.join(FLAGS.root, name))
+  print(f"Table: {os.path.join(FLAGS.root, 'table.md')} (runs: table.json; log: log.txt)")
   if any("error" in r for r in runs):
     sys.exit(1)
 

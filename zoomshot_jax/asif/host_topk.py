@@ -55,8 +55,9 @@ def exact_top_k(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=None)
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
-  return concurrent.futures.ThreadPoolExecutor(host_cores(), thread_name_prefix="asif-top-k")
+def pool() -> concurrent.futures.ThreadPoolExecutor:
+  """One worker per core for ASIF's host-side steps (the top-k here, scoring.py's join)."""
+  return concurrent.futures.ThreadPoolExecutor(host_cores(), thread_name_prefix="asif-host")
 
 
 def host_cores() -> int:
@@ -93,7 +94,7 @@ def device_top_k(sims: jax.Array, k_local: int, offset: int, end: int,
     vals, pos = exact_top_k(block[lo:hi], k_local)
     return vals, pos + np.int32(start)
 
-  done = list(_pool().map(run, tasks))
+  done = list(pool().map(run, tasks))
   shape = (sims.shape[0], anchor_devices * k_local)
   out = []
   for j in range(2):  # values, indices

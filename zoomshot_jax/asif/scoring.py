@@ -29,7 +29,6 @@ faster there: XLA:CPU's scatter-add runs on one thread.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import math
@@ -41,7 +40,7 @@ import scipy.sparse
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from zoomshot_jax import sharding
-from zoomshot_jax.asif.host_topk import host_cores
+from zoomshot_jax.asif import host_topk
 from zoomshot_jax.asif.relative import ROWS, TopK, search_mesh
 from zoomshot_jax.errors import UserError
 
@@ -154,7 +153,7 @@ class Scorer:
 
   def _host_scores(self, image: TopK, w: np.ndarray) -> np.ndarray:
     n, k = image.idx.shape
-    step = max(256, math.ceil(n / host_cores()))
+    step = max(256, math.ceil(n / host_topk.host_cores()))
 
     def rows(lo):
       hi = min(n, lo + step)
@@ -163,7 +162,7 @@ class Scorer:
           shape=(hi - lo, image.num_anchors))
       return (a @ self._text_csr).toarray()
 
-    parts = list(_pool().map(rows, range(0, n, step)))
+    parts = list(host_topk.pool().map(rows, range(0, n, step)))
     return (np.concatenate(parts) if parts else
             np.zeros((0, self.text.num_prompts), np.float32)).astype(np.float32, copy=False)
 
@@ -203,11 +202,6 @@ class Scorer:
           sharding.place(idx[sel], self.rows))
       out[sel] = sharding.fetch_global(res)
     return out[:n]
-
-
-@functools.lru_cache(maxsize=None)
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
-  return concurrent.futures.ThreadPoolExecutor(host_cores(), thread_name_prefix="asif-score")
 
 
 def _pow2(x: int) -> int:
