@@ -103,6 +103,19 @@ def get_config(arg=None):
       "epochs": 30, "batch_size": 128, "learning_rate": 1e-3,
   })
 
+  # The VL rows (configs/vl_finetune.py's program on the world's versions of
+  # VQA, SNLI-VE and VCR: 2,000 training and 400 val images each): the VL
+  # student fine-tuned per task in `tasks` (() = no VL rows) at `regime`,
+  # with config.seed, scored on val, by each of `methods`: "baseline" (no
+  # CLIP) and "clip_td" (CLIP-TD with the demo's CLIP as the teacher,
+  # configs/vl_finetune.py's defaults). The issues ask 1% low-shot, one
+  # seed, so the first run stays within 10 minutes.
+  config.vl = ml_collections.ConfigDict({
+      "tasks": ("vqa", "snli_ve", "vcr"),
+      "regime": "low1",               # full | low0.1 | low1 | low5 | low10 (no shift)
+      "methods": ("baseline", "clip_td"),
+  })
+
   config.batch_size = 256          # feature extraction and evaluation
   # jax's persistent compilation cache: "" = $ZOOMSHOT_CACHE/jax or
   # ~/.cache/zoomshot_jax/jax; a directory or gs:// path; "none" = off.

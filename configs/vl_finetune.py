@@ -18,6 +18,8 @@ The argument is comma-separated words, at most one of each kind (defaults first)
           config.data.split_file {"train": ids, "test": ids} over train + val,
           or for vqa without one the VQA-CP v2 files)
   scale:  tiny (16 world images, a few steps: tests and smoke runs)
+  distill: none (the baseline) | naive | select | weight | clip_td (CLIP-TD
+          and its ablations, config.distill; docs/clip_td.md)
 
 Files under config.data.dir, by their distributed names (the world writes
 the same layout): vqa v2_OpenEnded_mscoco_<split>_questions.json +
@@ -40,7 +42,10 @@ TASKS = ("vqa", "snli_ve", "vcr")
 DATA = ("world", "real")
 REGIMES = ("full", "low0.1", "low1", "low5", "low10", "shift")
 SCALES = ("tiny",)
-KINDS = {"task": TASKS, "data": DATA, "regime": REGIMES, "scale": SCALES}
+# CLIP-TD's modes (methods/clip_td.py): the baseline, naive distillation
+# (all tokens, uniform weights), the two ablations, and the full method.
+DISTILL = ("none", "naive", "select", "weight", "clip_td")
+KINDS = {"task": TASKS, "data": DATA, "regime": REGIMES, "scale": SCALES, "distill": DISTILL}
 STUDENTS = {"world": "world_tiny", "real": "vilt_b32"}   # models/vl_student.py's PRESETS
 # Text tokens per sequence: the world's longest (VCR QA->R: question, answer
 # and rationale) fit; real ones as ViLT (VCR: ours, its texts are longer).
@@ -95,6 +100,10 @@ def get_config(arg=None):
   config.train = ml_collections.ConfigDict({
       "epochs": EPOCHS[source][task],
       "steps": 4 if tiny else 0,   # > 0: this many steps instead of epochs
+      # Epochs, but at least this many steps: 10 epochs of a 1% subset are
+      # 7-21 steps on the world (17 on VQA v2 at 0.1%), too few to fit anything,
+      # so every low-shot run trains this long (ours).
+      "min_steps": 0 if tiny else (200 if source == "world" else 1000),
       "batch_size": 8 if tiny else (64 if source == "world" else 256),
       "warmup_fraction": 0.1,      # linear warm-up over this fraction of the steps
       "log_every": 2 if tiny else 50,
@@ -106,6 +115,26 @@ def get_config(arg=None):
       weight_decay=0.01, decay_params="matrices")
   config.evals = ml_collections.ConfigDict({"vl": {
       "type": "vl_task", "batch_size": 8 if tiny else (64 if source == "world" else 256)}})
+  # CLIP-TD (METHODS.md §5, docs/clip_td.md): a frozen CLIP's token
+  # features distilled into the student's last layer during fine-tuning.
+  # Every default here is ours (the paper's code and values are not public).
+  config.distill = ml_collections.ConfigDict({
+      "mode": words.get("distill", "none"),
+      # A CLIP with both towers; world: "" = the demo's shipped tiny CLIP.
+      "teacher": "" if source == "world" else "openai/clip-vit-base-patch32",
+      "rho": 0.5,              # fraction of the teacher's tokens kept (select, clip_td)
+      "loss": "cos",           # "cos" (1 - cos) | "l1" (of unit vectors)
+      "schedule": "loss_ratio",  # λ(t): "fixed" | "linear" (decay to 0) | "loss_ratio"
+      "lam": 1.0,              # λ₀
+      "image_weight": 1.0, "text_weight": 1.0,
+      # The student's hidden state distilled: 0 = embeddings, i = after layer i,
+      # -1 = the last layer.
+      "layer": -1,
+      "vqa_candidates": 8,     # answer prompts of the VQA confidence (gold + most frequent)
+      # SNLI-VE confidence prompts per label (entailment, neutral, contradiction).
+      "snli_ve_templates": ("{}", "maybe {}", "not {}"),
+      "teacher_max_length": 0,   # 0 = the CLIP's own (77 for OpenAI's)
+  })
   config.compilation_cache = ""
   config.mesh = [("data", -1)]
   return config

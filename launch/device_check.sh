@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark in launch/ at accelerator sizes on ONE GPU, within a fixed
-# time budget (default 530 s, under 9 minutes in all), then ONE markdown table
+# time budget (default 560 s, under 10 minutes in all), then ONE markdown table
 # to stdout and to --out (written atomically: temp name, then rename). Each
 # benchmark runs in its own process under its own `timeout`: one that fails
 # or hangs becomes a "failed"/"timeout" row and the rest still run. The logs
@@ -55,10 +55,10 @@ START=$(date +%s)
 LOG=$(mktemp -d "${TMPDIR:-/tmp}/device_check.XXXXXX")
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 if [ "$SMOKE" = 1 ]; then
-  BUDGET=${BUDGET:-170}
+  BUDGET=${BUDGET:-275}
   export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 else
-  BUDGET=${BUDGET:-530}
+  BUDGET=${BUDGET:-560}
   # JAX and torch share the GPU in the CLIP and Text-to-Concept processes.
   export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.6}
   if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
@@ -152,7 +152,7 @@ skip() { echo "$2" >"$LOG/$1.status"; }
 CPUS=$(nproc 2>/dev/null || echo 4)
 FLAX_CLIP=$(grep -c '"flax_clip": true' "$LOG/env.json")
 if ! grep -q '"gpu_ok": true' "$LOG/env.json"; then
-  for n in clip_b16_bf16 clip_b16_f32 clip_l14_bf16 zoomshot distill asif; do
+  for n in clip_b16_bf16 clip_b16_f32 clip_l14_bf16 zoomshot distill vl clip_td asif; do
     skip $n "not run: no accelerator for jax (see MISSING above)"
   done
 elif [ "$SMOKE" = 1 ]; then
@@ -160,32 +160,41 @@ elif [ "$SMOKE" = 1 ]; then
   for spec in "clip_b16_bf16 bfloat16" "clip_b16_f32 float32" "clip_l14_bf16 bfloat16"; do
     set -- $spec
     # shellcheck disable=SC2086
-    bench "$1" 60 120 $C --dtype="$2" --measure_peak_n=256
+    bench "$1" 60 225 $C --dtype="$2" --measure_peak_n=256
   done
-  bench zoomshot 70 100 launch/bench_text_to_concept.py --parts=t2c,zoomshot --n=2000 \
+  bench zoomshot 70 205 launch/bench_text_to_concept.py --parts=t2c,zoomshot --n=2000 \
     --heldout=500 --classes=10 --templates=4 --zs_batches=64,128 --zs_steps=5 --zs_warmup=2
-  bench distill 60 40 launch/bench_distill.py --teacher=small --student=world_resnet \
+  bench distill 60 145 launch/bench_distill.py --teacher=small --student=world_resnet \
     --image_size=48 --batch_size=32 --steps=3
+  bench vl 60 115 launch/bench_vl.py --preset=world_tiny --image_size=32 --text_length=16 \
+    --num_answers=64 --batch_size=8 --steps=2
+  bench clip_td 75 40 launch/bench_clip_td.py --batch_size=16 --steps=2
   bench asif 80 0 launch/bench_asif.py --anchors=20000 --queries=500 --classes=10 \
     --templates=4 --k=50 --layouts=anchors --data_threads=2 --time_limit=@LIMIT@
 else
+  # The reserves: with every benchmark using all it may, they still get at
+  # least 60, 45, 45, 60, 90, 60, 60 and 120 s in turn (after ~20 s of preflight).
   C=launch/bench_clip_throughput.py
   if [ "$FLAX_CLIP" = 1 ]; then
-    bench clip_b16_bf16 120 390 $C --arch=b16 --dtype=bfloat16 --batch_size=512 --steps=10 \
+    bench clip_b16_bf16 120 480 $C --arch=b16 --dtype=bfloat16 --batch_size=512 --steps=10 \
       --warmup=3 --measure_peak_n=8192
-    bench clip_b16_f32 100 345 $C --arch=b16 --dtype=float32 --batch_size=256 \
+    bench clip_b16_f32 100 435 $C --arch=b16 --dtype=float32 --batch_size=256 \
       --measure_peak_n=8192
-    bench clip_l14_bf16 150 300 $C --arch=l14 --dtype=bfloat16 --batch_size=256 \
+    bench clip_l14_bf16 150 390 $C --arch=l14 --dtype=bfloat16 --batch_size=256 \
       --measure_peak_n=8192
   else
     for n in clip_b16_bf16 clip_b16_f32 clip_l14_bf16; do
       skip $n "not run: transformers<5 (Flax CLIP) is missing"
     done
   fi
-  bench zoomshot 120 240 launch/bench_text_to_concept.py --parts=t2c,zoomshot \
+  bench zoomshot 120 330 launch/bench_text_to_concept.py --parts=t2c,zoomshot \
     --zs_batches=256,1024,4096 --zs_steps=200 --zs_warmup=5
-  bench distill 90 150 launch/bench_distill.py --teacher=b32 --student=vit_tiny \
+  bench distill 90 240 launch/bench_distill.py --teacher=b32 --student=vit_tiny \
     --batch_size=256 --steps=10
+  bench vl 75 180 launch/bench_vl.py --preset=vilt_b32 --image_size=384 --text_length=40 \
+    --num_answers=3129 --batch_size=64 --steps=10 --torch_device=auto
+  bench clip_td 60 120 launch/bench_clip_td.py --preset=vilt_b32 --image_size=384 \
+    --teacher=b32 --text_length=40 --teacher_length=40 --num_answers=3129 --batch_size=32
   bench asif 240 0 launch/bench_asif.py --anchors=1600000 --queries=50000 --layouts=anchors \
     --data_threads="$CPUS" --time_limit=@LIMIT@
 fi
@@ -268,6 +277,27 @@ if st[0] == "0" and r:
                f"{r['ratio_ours_over_torch']:.2f}×" if t else "—", f"{st[1]} s"])
 else:
   rows.append(["feature distillation step", "", why("distill", st), "", "", ""])
+st, r = load("vl")
+if st[0] == "0" and r:
+  t = r.get("torch_examples_per_s")
+  rows.append([f"VL fine-tuning step (VQA, {r['preset']} student, {r['num_answers']:,} "
+               "answers, AdamW)", f"batch {r['batch_size']}, {r['image_size']} px, "
+               f"{r['tokens']} tokens", f"{f(r['ours_examples_per_s'])} examples/s",
+               f"{f(t)} examples/s ({r.get('torch_device')})" if t else "—",
+               f"{r['ratio_ours_over_torch']:.2f}×" if t else "—", f"{st[1]} s"])
+else:
+  rows.append(["VL fine-tuning step (VQA)", "", why("vl", st), "", "", ""])
+st, r = load("clip_td")
+if st[0] == "0" and r:
+  rows.append([f"CLIP-TD step vs the baseline step (VQA, {r['preset']} student, {r['teacher']} "
+               "teacher)", f"batch {r['batch_size']}, {r['image_size']} px",
+               f"{f(r['clip_td_examples_per_s'])} examples/s (baseline "
+               f"{f(r['baseline_examples_per_s'])})", "—",
+               f"{r['step_time_ratio']:.2f}× the baseline's step time",
+               f"the teacher's forward alone {f(r['teacher_forward_examples_per_s'])} examples/s; "
+               f"no PyTorch CLIP-TD exists; {st[1]} s"])
+else:
+  rows.append(["CLIP-TD step vs the baseline step", "", why("clip_td", st), "", "", ""])
 st, r = load("asif")
 runs = (r or {}).get("runs", {})
 o, t = runs.get("ours-anchors", {}), runs.get("pytorch", {})

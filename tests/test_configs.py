@@ -31,7 +31,8 @@ DEFAULTS = {
     "asif": {"setting": "paper", "text": None},
     "demo": {"scale": "full", "renderer": "clean"},
     "distill": {"student": "vit_tiny", "stage": "stage2", "dataset": "pets"},
-    "vl_finetune": {"task": "vqa", "data": "world", "regime": "full", "scale": None},
+    "vl_finetune": {"task": "vqa", "data": "world", "regime": "full", "scale": None,
+                    "distill": "none"},
 }
 MACHINE_PREFIXES = ("/tmp", "/home", "/root", "/Users", "~", "/data", "/mnt")
 
@@ -84,7 +85,8 @@ OBSERVE = {
         "task": c.task, "regime": c.regime,
         "data": _key({"world": ("world", "world_tiny"), "real": ("real", "vilt_b32")},
                      (c.data.source, c.student.preset)),
-        "scale": "tiny" if (c.world.train, c.train.steps) == (16, 4) else None},
+        "scale": "tiny" if (c.world.train, c.train.steps) == (16, 4) else None,
+        "distill": c.distill.mode},
 }
 
 

@@ -8,13 +8,17 @@ well-formed, a repeated run reuses the models, and bad input fails cleanly.
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 
 from tests import procs
 from zoomshot_jax import encoders, world
-from zoomshot_jax.demo import report
+from zoomshot_jax.configs import demo as demo_config
+from zoomshot_jax.configs import vl_finetune as vl_config
+from zoomshot_jax.demo import report, vl_rows
+from zoomshot_jax.errors import UserError
 from zoomshot_jax.demo.__main__ import DEFAULT_CONFIG, with_default_config
 
 MICRO = "configs/demo.py:micro"
@@ -56,6 +60,7 @@ def test_demo_runs_every_stage_and_writes_results(demo_run):
       assert r["num_examples"] == n_test and 0 <= r["top1"] <= r["top5"] <= 100, (row, r)
   assert d["images"] == 64 * 20       # 20 pairwise prompts per class, one image each
   assert report.distill_table(summary) in out
+  _check_vl_rows(summary, out)
   # The printed table is the one the report module makes from results.json.
   assert report.table(summary).splitlines()[0] in out
   for label, _, _ in report.rows(summary):
@@ -63,6 +68,78 @@ def test_demo_runs_every_stage_and_writes_results(demo_run):
   png = open(os.path.join(workdir, "results.png"), "rb").read()
   assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
   assert not [f for f in os.listdir(workdir) if ".tmp" in f]  # no half-written outputs
+
+
+def _check_vl_rows(summary, out):
+  """The VL rows: the micro demo's 1% of 16 world images per task (one example),
+  scored on the 8 val images, keys as vl_finetune's evaluator gives them."""
+  v = summary["vl"]
+  assert (v["regime"], v["seed"], v["tasks"]) == ("low1", 0, ["vqa", "snli_ve", "vcr"])
+  assert v["methods"] == [["baseline", "VL student, no CLIP"],
+                          ["clip_td", "VL student + CLIP-TD"]] and v["student"] == "world_tiny"
+  keys = {"vqa": {"overall", "per_answer_type", "num_examples"},
+          "snli_ve": {"accuracy", "num_examples"}, "vcr": {"q2a", "qa2r", "q2ar", "num_examples"}}
+  val = vl_config.get_config("tiny").world.val
+  assert set(v["rows"]) == set(keys)
+  for task, want in keys.items():
+    assert set(v["rows"][task]) == {"baseline", "clip_td"}
+    r = v["rows"][task]["clip_td"]        # CLIP-TD ran each task (VCR's 4-way path too)
+    assert set(r) == want and all(0 <= r[k] <= 100 for k in want - {"per_answer_type"}), r
+    r = v["rows"][task]["baseline"]
+    assert set(r) == want, (task, r)
+    scores = [x for k, x in r.items() if k not in ("num_examples", "per_answer_type")]
+    scores += list(r.get("per_answer_type", {}).values())
+    assert scores and all(0 <= x <= 100 for x in scores), (task, r)
+    assert v["train_examples"][task] == 1      # round(1% of the split), at least one
+  vqa, vcr = v["rows"]["vqa"]["baseline"], v["rows"]["vcr"]["baseline"]
+  assert set(vqa["per_answer_type"]) == {"yes/no", "number", "other"}
+  assert min(vqa["per_answer_type"].values()) <= vqa["overall"] <= max(
+      vqa["per_answer_type"].values())
+  assert vcr["q2ar"] <= min(vcr["q2a"], vcr["qa2r"])
+  assert vqa["num_examples"] >= val and v["rows"]["snli_ve"]["baseline"]["num_examples"] == 3 * val
+  assert vcr["num_examples"] == val
+  ref = v["references"]
+  assert ref["vcr"] == {"q2a": 25.0, "qa2r": 25.0, "q2ar": 6.25}
+  assert ref["snli_ve"]["accuracy"] == pytest.approx(100 / 3)   # each val image: one per label
+  assert 0 <= ref["vqa"]["overall"] <= 100 and ref["vqa"]["answer"]
+  table = report.vl_table(summary)
+  assert table and table in out and "1% of the world's training examples" in table
+  bars = [b[0] for b in report.vl_bars(summary)]
+  assert len(bars) == 6 and all(b.endswith(", 1% [val]") for b in bars), bars
+
+
+def test_vl_table_has_a_column_per_method():
+  """CLIP-TD's rows are one more [key, label] in results.json's "vl"."""
+  m = {"overall": 10.0, "per_answer_type": {"yes/no": 20.0, "other": 5.0}, "num_examples": 40}
+  summary = {"vl": {"regime": "low0.1", "seed": 3, "tasks": ["vqa", "vcr"], "student": "s",
+                    "methods": [["baseline", "no CLIP"], ["clip_td", "with CLIP-TD"]],
+                    "rows": {"vqa": {"baseline": m, "clip_td": {**m, "overall": 12.5}},
+                             "vcr": {k: {"q2a": 50.0, "qa2r": 40.0, "q2ar": 25.0,
+                                         "num_examples": 9} for k in ("baseline", "clip_td")}},
+                    "train_examples": {"vqa": 4, "vcr": 2},
+                    "references": {"vqa": {**m, "overall": 7.0, "answer": "yes"},
+                                   "vcr": {"q2a": 25.0, "qa2r": 25.0, "q2ar": 6.25}}}}
+  lines = report.vl_table(summary).splitlines()
+  assert "0.1% of the world's training examples (low0.1" in lines[0] and "(3)" in lines[0]
+  assert "no CLIP" in lines[1] and "with CLIP-TD" in lines[1]
+  assert lines[2].split() == ["VQA,", "accuracy", "4", "40", "10.00", "12.50", "7.00"]
+  assert lines[3].split() == ["other", "5.00", "5.00", "5.00"]
+  assert lines[-2].split()[-3:] == ["25.00", "25.00", "6.25"]
+  assert [b[0] for b in report.vl_bars(summary)][-1] == "with CLIP-TD, VCR Q→AR, 0.1% [val]"
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("tasks", ("vqa", "gqa"), "config.vl.tasks=('vqa', 'gqa'): expected distinct tasks"),
+    ("tasks", ("vqa,vcr",), "a tuple: --config.vl.tasks="),
+    ("tasks", ("vcr", "vcr"), "expected distinct tasks"),
+    ("regime", "shift", "config.vl.regime='shift': expected one of ['full', 'low0.1'"),
+    ("methods", ("baseline", "fancy"), "config.vl.methods=('baseline', 'fancy'): expected"),
+])
+def test_bad_vl_config_is_refused_before_anything_runs(field, value, message):
+  config = demo_config.get_config("micro")
+  config.vl[field] = value
+  with pytest.raises(UserError, match=re.escape(message)):
+    vl_rows.check(config)
 
 
 def _log_of_run(workdir, i):
@@ -82,7 +159,8 @@ def test_demo_console_is_short_and_the_chatter_is_in_the_log(demo_run):
   summary = json.load(open(os.path.join(workdir, "results.json")))  # the second run's
   assert report.table(summary).split("\nTime:")[0] in out
   for stage in ("world", "train clip", "train vision", "maps: zoomshot", "asif",
-                "synthetic images", "distill: l2", "distill: contrastive"):
+                "synthetic images", "distill: l2", "distill: contrastive", "vl: vqa",
+                "vl: snli_ve", "vl: vcr"):
     assert f"\n{stage}: done in " in "\n" + out, stage
   assert f"Log: {os.path.join(workdir, 'log.txt')}" in out
   assert f"Results: {os.path.join(workdir, 'results.json')}" in out
@@ -129,7 +207,8 @@ def test_default_config_is_the_packaged_demo_config():
 
 
 @pytest.mark.parametrize("field,value", [("world.renderer", "sepia"), ("world.scale", "huge"),
-                                         ("clip.init", "orthogonal")])
+                                         ("clip.init", "orthogonal"), ("vl.tasks", "gqa"),
+                                         ("vl.regime", "low2")])
 def test_bad_demo_input_is_one_line(tmp_path, field, value):
   proc = procs.launch(MICRO, str(tmp_path), {field: value}, module="zoomshot_jax.demo")
   code, _, err = procs.wait(proc)

@@ -89,9 +89,10 @@ def test_demo_with_the_shipped_models_knows_its_world(tmp_path):
   images must be far above chance (1.6%) — a broken or untrained checkpoint
   would not be."""
   workdir = str(tmp_path)
-  # Without the distillation rows: test_demo.py runs them (on trained-here models).
+  # Without the distillation and VL rows: test_demo.py runs them.
   code, out, err = procs.wait(procs.launch("configs/demo.py:micro", workdir,
-                                           {"models": "shipped", "distill.losses": "()"},
+                                           {"models": "shipped", "distill.losses": "()",
+                                            "vl.tasks": "()"},
                                            module="zoomshot_jax.demo"), timeout=600)
   assert code == 0, err[-3000:]
   summary = json.load(open(os.path.join(workdir, "results.json")))

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from tests import procs
-from zoomshot_jax import compile_cache
 from zoomshot_jax.configs import vl_finetune as vl_config
 from zoomshot_jax.errors import UserError
 from zoomshot_jax.methods import vl_tasks
@@ -23,16 +22,7 @@ from zoomshot_jax.vl import pipeline, readers, vqa_eval
 OVERRIDES = {"vqa": {}, "snli_ve": {}, "vcr": {"evals.vl.batch_size": 16}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache():
-  """The persistent cache for this module's runs (the binary has it on)."""
-  keys = ("jax_enable_compilation_cache", "jax_compilation_cache_dir",
-          "jax_persistent_cache_min_compile_time_secs", "jax_persistent_cache_min_entry_size_bytes")
-  before = {k: getattr(jax.config, k) for k in keys}
-  compile_cache.setup("")
-  yield
-  for k, v in before.items():
-    jax.config.update(k, v)
+pytestmark = pytest.mark.usefixtures("compilation_cache_on")
 
 
 def _config(task, /, **overrides):

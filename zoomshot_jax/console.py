@@ -352,11 +352,16 @@ def stage(name: str, timings: dict | None = None, capture_stdout: bool = False):
   `timings[name]` gets the wall time in seconds (rounded to 0.1). With
   `capture_stdout`, what the block prints (e.g. a sub-program's own tables, tfds
   notices) goes to the log, unless setup() was verbose; console lines still
-  reach the terminal. A failing block prints "<name>: failed after ...".
+  reach the terminal. A failing block prints "<name>: failed after ...". A
+  stage opened inside a capturing one writes its line to the log only (unless
+  it fails).
   """
   from zoomshot_jax import compile_cache  # pylint: disable=g-import-not-at-top
   t0, compiled = _clock(), compile_cache.snapshot()
   with _lock:
+    # A stage inside a capturing one (a program the demo runs in its stage)
+    # logs its line: the terminal keeps one line per stage of the demo.
+    nested = _state.stdout is not None
     _state.stages.append((name, t0))
   capture = capture_stdout and _state.stdout is None and not _state.verbose
   if capture:
@@ -382,6 +387,10 @@ def stage(name: str, timings: dict | None = None, capture_stdout: bool = False):
     if timings is not None:
       timings[name] = round(elapsed, 1)
     jit = compile_cache.summary(compiled)
-    echo(f"{name}: {'done in' if ok else 'failed after'} {format_seconds(elapsed)}"
-         + (f" ({jit})" if jit else ""))
+    line = (f"{name}: {'done in' if ok else 'failed after'} {format_seconds(elapsed)}"
+            + (f" ({jit})" if jit else ""))
+    if nested and ok:
+      _log.info("%s", line)
+    else:
+      echo(line)
 

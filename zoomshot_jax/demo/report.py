@@ -44,6 +44,8 @@ def table(summary: dict) -> str:
                    f"{100 * h['agreement']:.1f}%")
   if summary.get("distillation"):
     lines.append(distill_table(summary))
+  if summary.get("vl"):
+    lines.append(vl_table(summary))
   lines.append(provenance(summary))
   t = summary["timings_s"]
   lines.append("Time: " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items()))
@@ -62,14 +64,16 @@ def chart_png(summary: dict) -> bytes:
   data = rows(summary) + [
       (f"{label}{'' if label == 'CLIP teacher' else size} [photo test]", photo, None)
       for label, _, photo in distill_rows(summary)]
-  labels = [r[0] for r in data][::-1]
-  values = [r[1] for r in data][::-1]
-  fig, ax = plt.subplots(figsize=(8, 0.55 * len(data) + 1.2), dpi=100)
-  colours = ["#9e9e9e" if l == "chance" else "#1f77b4" for l in labels]
+  vl = vl_bars(summary)
+  labels = [r[0] for r in data + vl][::-1]
+  values = [r[1] for r in data + vl][::-1]
+  fig, ax = plt.subplots(figsize=(8, 0.55 * len(labels) + 1.2), dpi=100)
+  colours = (["#ff7f0e"] * len(vl) + ["#9e9e9e" if l == "chance" else "#1f77b4"
+                                      for l in labels[len(vl):]])
   bars = ax.barh(labels, values, color=colours)
   ax.bar_label(bars, fmt="%.1f", padding=3)
   ax.set_xlim(0, 105)
-  ax.set_xlabel("top-1 accuracy (%)")
+  ax.set_xlabel("top-1 accuracy (%)" + ("\norange: the VL task's metric (%)" if vl else ""))
   ax.set_title(f"Zero-shot on {summary['world']['dataset']} ({summary['num_classes']} classes)")
   fig.tight_layout()
   buf = io.BytesIO()
@@ -110,6 +114,77 @@ def distill_table(summary: dict) -> str:
              label != "CLIP teacher" else f"{'-':>14s}")
     lines.append(f"{label:44s} {clean:8.2f} {photo:8.2f} {share}")
   return "\n".join(lines)
+
+
+TASK_NAMES = {"vqa": "VQA", "snli_ve": "SNLI-VE", "vcr": "VCR"}
+# (key in the evaluator's metrics, label) per task; the table adds VQA's per
+# answer type rows after its accuracy. The chart shows one metric per task.
+VL_METRICS = {"vqa": (("overall", "accuracy"),), "snli_ve": (("accuracy", "accuracy"),),
+              "vcr": (("q2a", "Q→A"), ("qa2r", "QA→R"), ("q2ar", "Q→AR"))}
+VL_CHART = {"vqa": "overall", "snli_ve": "accuracy", "vcr": "q2ar"}
+
+
+def _percent(regime: str) -> str:
+  """"low1" -> "1%", "full" -> "100%" (configs/vl_finetune.py's regimes)."""
+  return f"{regime[3:]}%" if regime.startswith("low") else "100%"
+
+
+def vl_rows(summary: dict) -> list[tuple[str, str, list[float], float]]:
+  """(task, metric label, [value per method], text-only reference) per task and
+  metric, in config.vl.tasks' order; % on the val split."""
+  v = summary.get("vl")
+  if not v:
+    return []
+  out = []
+  for task in v["tasks"]:
+    got, ref = v["rows"][task], v["references"][task]
+    for key, label in VL_METRICS[task]:
+      out.append((task, label, [got[m][key] for m, _ in v["methods"]], ref[key]))
+    if task == "vqa":
+      for kind in sorted(ref["per_answer_type"]):
+        out.append((task, f"  {kind}", [got[m]["per_answer_type"][kind] for m, _ in v["methods"]],
+                    ref["per_answer_type"][kind]))
+  return out
+
+
+def vl_table(summary: dict) -> str:
+  v = summary.get("vl")
+  if not v:
+    return ""
+  methods = [label for _, label in v["methods"]]
+  widths = [max(9, len(m)) for m in methods]
+  how = (" without CLIP and with CLIP-TD (the teacher: the CLIP above)," if any(
+      k == "clip_td" for k, _ in v["methods"]) else ", no CLIP,")
+  lines = [f"VL tasks: the {v['student']} VL student{how} fine-tuned on "
+           f"{_percent(v['regime'])} of the world's training examples ({v['regime']}; "
+           f"the train column), one seed ({v['seed']}); each task's metric (%) on the val "
+           "split (the val column):",
+           f"{'':28s} {'train':>6s} {'val':>6s} "
+           + " ".join(f"{m:>{w}s}" for m, w in zip(methods, widths)) + f" {'text-only':>10s}"]
+  for task, label, values, ref in vl_rows(summary):
+    sub = label.startswith(" ")   # a VQA answer type: the sizes are its task's
+    sizes = ("" if sub else f"{v['train_examples'][task]:6,d} "
+             f"{v['rows'][task][v['methods'][0][0]]['num_examples']:6,d}")
+    name = label if sub else f"{TASK_NAMES[task]}, {label}"
+    lines.append(f"{name:28s} {sizes:13s} "
+                 + " ".join(f"{x:{w}.2f}" for x, w in zip(values, widths)) + f" {ref:10.2f}")
+  answer = v["references"].get("vqa", {}).get("answer")
+  notes = {"vqa": f"VQA: the training examples' most common answer ({answer!r}) to every "
+                  "question",
+           "snli_ve": "SNLI-VE: the training examples' most common label", "vcr": "VCR: chance"}
+  lines.append("  text-only: " + "; ".join(notes[t] for t in v["tasks"]) + ".")
+  return "\n".join(lines)
+
+
+def vl_bars(summary: dict) -> list[tuple[str, float, None]]:
+  """The chart's VL bars: each method's headline metric per task."""
+  v = summary.get("vl")
+  if not v:
+    return []
+  pct = _percent(v["regime"])
+  return [(f"{label}, {TASK_NAMES[task]} {dict(VL_METRICS[task])[VL_CHART[task]]}, {pct} [val]",
+           v["rows"][task][m][VL_CHART[task]], None)
+          for task in v["tasks"] for m, label in v["methods"]]
 
 
 def provenance(summary: dict) -> str:

@@ -11,6 +11,10 @@ Workdir layout:
                              Zoom-shot binary (features shared in
                              maps/features-<hash>)
   prompts/                   class names and the two template sets
+  synthetic/, distill/       the feature-distillation rows (distillation_rows.py)
+  vl/                        the VL rows: the world's VQA, SNLI-VE and VCR
+                             files in vl/data, a vl_finetune run per task
+                             (vl_rows.py)
   results.json, results.png  the table and its bar chart
 """
 
@@ -32,7 +36,7 @@ from zoomshot_jax import console, encoders, evaluation, io_utils, models, shardi
 from zoomshot_jax.asif import Asif
 from zoomshot_jax.asif.evaluate import metrics as asif_metrics
 from zoomshot_jax.configs import zoomshot as zoomshot_config
-from zoomshot_jax.demo import distillation_rows, report, shipped
+from zoomshot_jax.demo import distillation_rows, report, shipped, vl_rows
 from zoomshot_jax.errors import UserError
 from zoomshot_jax.evaluation.classifier import encode_texts
 from zoomshot_jax.programs import zoomshot
@@ -246,6 +250,7 @@ def run(config, workdir: str) -> dict:
   if bad or not config.clip.renderers:
     raise UserError(f"config.clip.renderers={list(config.clip.renderers)}: expected one or more "
                     f"of {list(render.RENDERERS)}.")
+  vl_rows.check(config)
   world_name = world.config_name(w.renderer, w.seed, micro=w.scale == "micro")
   dataset = f"shapes_world/{world_name}"
   data_dir = w.data_dir or os.path.join(workdir, "tfds")
@@ -276,6 +281,7 @@ def run(config, workdir: str) -> dict:
     results["asif"] = _asif_row(config, builder, clip_dir, vision_dir, mesh)
   distillation = (distillation_rows.run(config, workdir, data_dir, clip_dir, prompts, mesh,
                                         _stage, timings) if config.distill.losses else None)
+  vl = vl_rows.run(config, workdir, _stage, timings, clip_dir) if config.vl.tasks else None
 
   summary = {
       "world": {"dataset": dataset, "data_dir": data_dir,
@@ -288,6 +294,7 @@ def run(config, workdir: str) -> dict:
                  "top5": 500 / len(render.class_names())},
       "results": results,
       "distillation": distillation,
+      "vl": vl,
       "prompts": {"maps": list(config.map_templates), "eval": list(config.eval_templates)},
       "timings_s": {**timings, "total": round(time.time() - t0, 1)},
   }

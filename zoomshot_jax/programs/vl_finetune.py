@@ -32,6 +32,7 @@ import os
 import re
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import tensorflow as tf
 from absl import logging
@@ -41,10 +42,11 @@ from zoomshot_jax import console, io_utils, sharding, training
 from zoomshot_jax.errors import UserError
 from zoomshot_jax.evaluation import registry
 from zoomshot_jax.evaluation.results import write_results
-from zoomshot_jax.methods import vl_tasks
+from zoomshot_jax.methods import clip_td, vl_tasks
 from zoomshot_jax.models import vl_student, vl_weights
 from zoomshot_jax.vl import evaluate as vl_evaluate
 from zoomshot_jax.vl import pipeline, protocols, readers, vqa_eval
+from zoomshot_jax.vl import teacher as teacher_lib
 from zoomshot_jax.world import vl_files, vl_text
 
 SOURCES = ("world", "real")
@@ -94,8 +96,11 @@ def validate(config) -> None:
                     "number of steps, or steps=0 and positive epochs.")
   if not 0 <= t.warmup_fraction < 1:
     raise UserError(f"config.train.warmup_fraction={t.warmup_fraction}: expected [0, 1).")
-  vl_student.get_config(config.student.preset, dict(config.student.overrides))
+  student = vl_student.get_config(config.student.preset, dict(config.student.overrides))
   registry.check(config.evals)
+  td = clip_td.from_config(config.distill)
+  if td.mode != "none":
+    clip_td.check_layer(td, student.num_hidden_layers)
 
 
 # ------------------------------------------------------------------- files
@@ -288,7 +293,9 @@ def build_model(config, tokenizer, num_answers: int):
 
 def total_steps(config, num_items: int) -> int:
   t = config.train
-  return int(t.steps) if t.steps > 0 else max(1, math.ceil(t.epochs * num_items / t.batch_size))
+  if t.steps > 0:
+    return int(t.steps)
+  return max(1, int(t.min_steps), math.ceil(t.epochs * num_items / t.batch_size))
 
 
 def optimizer(config, total: int):
@@ -301,8 +308,10 @@ def optimizer(config, total: int):
 
 
 def train(config, workdir: str, module, hyper, params, inputs: pipeline.Inputs, records, mesh,
-          hooks=()) -> dict:
-  """Trains; returns the final state (resumes from workdir/checkpoints)."""
+          hooks=(), teacher=None) -> dict:
+  """Trains; returns the final state (resumes from workdir/checkpoints).
+  With a teacher (CLIP-TD), params carry the projections and the loss the
+  distillation term."""
   t = config.train
   share = pipeline.host_share(records, jax.process_index(), jax.process_count())
   cols = pipeline.columns(inputs, share, train=True)
@@ -310,17 +319,24 @@ def train(config, workdir: str, module, hyper, params, inputs: pipeline.Inputs, 
   batches = pipeline.TrainBatches(inputs, cols, t.batch_size, config.seed, mesh)
   num_items = len(records) * (2 if config.task == "vcr" else 1)   # vcr: Q->A and QA->R
   total = total_steps(config, num_items)
-  inner = vl_tasks.make_loss_fn(hyper, module)
+  frozen, model_state = {}, {}
+  if teacher is None:
+    inner = vl_tasks.make_loss_fn(hyper, module)
+  else:
+    inner = clip_td.make_loss_fn(clip_td.from_config(config.distill, total), hyper, module, teacher)
+    frozen, model_state = {"clip": teacher.clip.params}, {"step": jnp.zeros((), jnp.int32)}
 
   def loss_fn(p, model_state, batch, frozen, rng):
-    return inner(p, model_state, {**batch, "image": inputs.spec.normalize(batch["image"])},
-                 frozen, rng)
+    batch = {**batch, "image": inputs.spec.normalize(batch["image"]),
+             "teacher_image": batch["image"]}
+    return inner(p, model_state, batch, frozen, rng)
 
   logging.info("Training %s on %d items: %d steps of %d.", config.task, num_items, total,
                t.batch_size)
   return training.fit(
-      loss_fn, params, {}, batches, total, optimizer(config, total), mesh,
-      os.path.join(workdir, "checkpoints"), batch_size=t.batch_size, seed=config.seed,
+      loss_fn, params, frozen, batches, total, optimizer(config, total), mesh,
+      os.path.join(workdir, "checkpoints"), model_state=model_state, batch_size=t.batch_size,
+      seed=config.seed,
       checkpoint_every=t.checkpoint_every, keep=t.keep_checkpoints, log_every=t.log_every,
       metadata=config.to_dict(), hooks=hooks, name="train", logdir=workdir)
 
@@ -341,6 +357,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, hooks=()) -> dict:
                                                  config.data.image_std),
                              tuple(answers) if answers else None)
     module, params, hyper = build_model(config, tokenizer, len(answers or ()))
+    teacher = None
+    if config.distill.mode != "none":
+      teacher, teacher_text = teacher_lib.load(config.distill, config.data.source,
+                                               module.config)
+      params = clip_td.init(params, module.config.hidden_size, teacher.dim, config.seed)
+      train_inputs = dataclasses.replace(inputs, teacher=teacher_text)
+    else:
+      train_inputs = inputs
     # Everything is checked: only now does the workdir get the run's record.
     if jax.process_index() == 0:
       io_utils.atomic_write_json(os.path.join(workdir, "config.json"), config.to_dict())
@@ -349,9 +373,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, hooks=()) -> dict:
             "answers": answers, "min_count": config.data.answer_min_count,
             "num_questions": len(data.train_split)})
   with console.stage("train"):
-    state = train(config, workdir, module, hyper, params, inputs, data.train, mesh, hooks)
+    state = train(config, workdir, module, hyper, params, train_inputs, data.train, mesh, hooks,
+                  teacher)
   with console.stage("evaluate"):
-    model = vl_evaluate.VLModel(module, hyper, state["params"], inputs, data.evals)
+    # The exported model: CLIP-TD's projections are training-only.
+    model = vl_evaluate.VLModel(module, hyper, clip_td.export(state["params"]), inputs,
+                                data.evals)
     results = registry.run(config.evals, model, mesh, workdir)
     write_results(workdir, {"": results})
-  return {"results": results, "params": jax.device_get(state["params"]), "answers": answers}
+  return {"results": results, "params": jax.device_get(clip_td.export(state["params"])),
+          "answers": answers}

@@ -79,6 +79,9 @@ class Inputs:
   max_length: int
   spec: PreprocessSpec
   answers: tuple[str, ...] | None = None
+  # CLIP-TD's teacher text (vl/teacher.py): training batches then carry the
+  # teacher's tokens, their alignment and the confidence prompts.
+  teacher: object | None = None
 
   @property
   def num_answers(self) -> int:
@@ -163,7 +166,17 @@ def columns(inputs: Inputs, records: Sequence, train: bool) -> dict[str, np.ndar
     raise UserError(f"task {task!r}: expected one of {list(vl_tasks.TASKS)}.")
   cols["image_path"] = _strings([r.image_path for r in records])
   cols["index"] = np.arange(len(records), dtype=np.int64)
+  if task == "vqa" and inputs.teacher is not None:
+    cols["td_gold"] = _gold(cols)
   return cols
+
+
+def _gold(cols) -> np.ndarray:
+  """int32 [n]: each question's highest-scoring answer (ties: the more
+  frequent, lower index); -1 when none of its answers is in the vocabulary."""
+  score, index = cols["target_score"], cols["target_index"]
+  best = np.where(score == score.max(-1, keepdims=True), index, np.iinfo(np.int32).max).min(-1)
+  return np.where(score.max(-1) > 0, best, -1).astype(np.int32)
 
 
 # ----------------------------------------------------------------- tf.data
@@ -224,6 +237,53 @@ def _tokenize_batch(inputs: Inputs, prefixes: Sequence[str]):
   return fn
 
 
+TEACHER_KEYS = ("t_input_ids", "t_attention_mask", "t_align")
+CANDIDATE_KEYS = ("c_input_ids", "c_attention_mask", "c_label")
+
+
+def teacher_keys(inputs: Inputs) -> tuple[str, ...]:
+  if inputs.teacher is None:
+    return ()
+  return TEACHER_KEYS + (() if inputs.task == "vcr" else CANDIDATE_KEYS)
+
+
+def _teacher_map(inputs: Inputs):
+  """A batch map adding the teacher's text fields (before the student's
+  tokenization pops the texts): see vl/teacher.py."""
+  t, task, vcr = inputs.teacher, inputs.task, inputs.task == "vcr"
+  keys = teacher_keys(inputs)
+
+  def py(first, second, gold):
+    f = _decode(first)
+    with _TOKENIZER_LOCK:
+      enc = t.encode(inputs.tokenizer, inputs.max_length, f, _decode(second) if vcr else None)
+      if not vcr:
+        enc.update(t.candidates(task, f, gold.numpy(), inputs.answers))
+    lead = tuple(first.shape)
+    return [enc[k].reshape(lead + enc[k].shape[1:]) if k.startswith("t_") else enc[k]
+            for k in keys]
+
+  def fn(batch):
+    batch = dict(batch)
+    first = batch["first"]
+    gold = batch.get("td_gold", batch.get("label", tf.zeros(tf.shape(first)[:1], tf.int32)))
+    if "td_gold" in batch:
+      batch.pop("td_gold")
+    out = tf.py_function(py, [first, batch.get("second", first), gold], [tf.int32] * len(keys))
+    lead = first.shape
+    for k, v in zip(keys, out):
+      if k.startswith("t_"):
+        v = tf.ensure_shape(v, lead.concatenate([t.max_length]))
+      elif k == "c_label":
+        v = tf.ensure_shape(v, lead)
+      else:
+        v = tf.ensure_shape(v, lead.concatenate([None, t.max_length]))
+      batch[k] = v
+    return batch
+
+  return fn
+
+
 def _dataset(inputs: Inputs, cols: dict[str, np.ndarray], rows: np.ndarray,
              local_batch_size: int, mask: np.ndarray | None = None) -> tf.data.Dataset:
   """Batches of `cols` at `rows`, in that order (whole batches)."""
@@ -235,6 +295,8 @@ def _dataset(inputs: Inputs, cols: dict[str, np.ndarray], rows: np.ndarray,
               deterministic=True)
   ds = ds.batch(local_batch_size, drop_remainder=True)
   prefixes = ("", "r_") if "r_first" in cols else ("",)
+  if inputs.teacher is not None:
+    ds = ds.map(_teacher_map(inputs))
   # Sequential: the tokenizer runs one batch at a time (_TOKENIZER_LOCK).
   ds = ds.map(_tokenize_batch(inputs, prefixes))
   return ds.prefetch(tf.data.AUTOTUNE)
@@ -300,7 +362,8 @@ class TrainBatches:
       self._end = step + self.window
     batch = next(self._it)
     self._next = step + 1
-    keys = ("image", *TEXT_KEYS, "targets" if self.inputs.task == "vqa" else "label")
+    keys = ("image", *TEXT_KEYS, "targets" if self.inputs.task == "vqa" else "label",
+            *teacher_keys(self.inputs))
     return sharding.to_global({k: batch[k] for k in keys}, self._rows)
 
 
