@@ -207,8 +207,7 @@ def test_default_config_is_the_packaged_demo_config():
 
 
 @pytest.mark.parametrize("field,value", [("world.renderer", "sepia"), ("world.scale", "huge"),
-                                         ("clip.init", "orthogonal"), ("vl.tasks", "gqa"),
-                                         ("vl.regime", "low2")])
+                                         ("clip.init", "orthogonal"), ("vl.tasks", "gqa")])
 def test_bad_demo_input_is_one_line(tmp_path, field, value):
   proc = procs.launch(MICRO, str(tmp_path), {field: value}, module="zoomshot_jax.demo")
   code, _, err = procs.wait(proc)

@@ -193,3 +193,11 @@ def test_missing_images_are_refused_before_training(runs, tmp_path):
   with pytest.raises(UserError, match=r"1 of \d+ Flickr30k images .* are missing"):
     program.run(_config("snli_ve", **{"data.dir": data}), str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")
+
+
+def test_low_shot_runs_train_at_least_min_steps():
+  c = vl_config.get_config("vqa,world,low1")
+  assert program.total_steps(c, 130) == c.train.min_steps == 200     # 10 epochs: 21 steps
+  assert program.total_steps(c, 13_000) == -(-10 * 13_000 // 64)      # epochs win
+  c.train.steps = 7
+  assert program.total_steps(c, 130) == 7                             # steps override both
