@@ -3,9 +3,9 @@
 One run of the vl_finetune program (docs/vl.md) per task in config.vl.tasks
 at config.vl.regime (the issue's: 1% low-shot, a seeded 1% of the world's
 2,000 training images of each task), with the demo's seed, scored on the
-world's val split (400 images): the student without CLIP, the baseline
-CLIP-TD has to beat. Rows are keyed by method, so CLIP-TD's runs sit next to
-the baseline's in the same table: one more entry in METHODS. Beside them,
+world's val split (400 images), by each method of config.vl.methods: the
+student without CLIP (the baseline) and with CLIP-TD (the demo's CLIP as the
+teacher; docs/clip_td.md), side by side in one table (METHODS). Beside them,
 text-only references from the same files: the most common answer (VQA) or
 label (SNLI-VE) of the run's training examples given to every val example,
 and VCR's chance.
