@@ -49,7 +49,9 @@ import time
 
 from absl import app, flags
 
-from bench_util import available_cores, have, write_json  # launch/, beside this script
+import bench_util  # launch/, beside this script
+from bench_util import (available_cores, define_torch_flags, have,  # launch/, beside this script
+                        torch_device, write_json)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -75,9 +77,8 @@ flags.DEFINE_list("layouts", ["anchors", "queries"],
 flags.DEFINE_float("second_pass_below", 60.0,
                    "Ours: time a second pass (compilations reused) when the first took less "
                    "than this many seconds (above it, compiling is a small part).")
-flags.DEFINE_bool("torch", True, "Run the PyTorch baseline (skipped if torch is missing).")
-flags.DEFINE_enum("torch_device", "auto", ["auto", "cpu", "cuda"],
-                  "Where the PyTorch baseline runs; auto: cuda if torch sees a GPU.")
+define_torch_flags(flags)
+flags.adopt_module_key_flags(bench_util)   # in --help, as this script's own
 flags.DEFINE_integer("data_threads", 1,
                      "Threads generating the anchors. 1: the exact data of the README's "
                      "figures; more: other (equally distributed) numbers, faster at 1M+.")
@@ -245,12 +246,8 @@ def run_torch(d) -> dict:
 
   torch.set_num_threads(available_cores())
   k, p, dic = FLAGS.k, FLAGS.p, 100_000
-  dev = FLAGS.torch_device
-  if dev == "auto":
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+  dev, sync = torch_device(torch, FLAGS.torch_device)
   budget = (8 if dev == "cuda" else 2) * 1024 ** 3
-
-  sync = torch.cuda.synchronize if dev == "cuda" else lambda: None
 
   def relrep(y, a):
     """Top-k over anchor chunks of `dic`, queries in chunks whose similarity

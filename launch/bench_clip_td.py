@@ -15,7 +15,6 @@ baseline step time, and the teacher's forward pass alone (the expected
 overhead); --json_out writes them.
 """
 
-import json
 import os
 import sys
 
@@ -144,9 +143,7 @@ def main(argv):
       lambda: teacher_forward(cp, gbatch), jax.block_until_ready, FLAGS.steps, FLAGS.batch_size)
   print(f"CLIP-TD step time / baseline's: {out['step_time_ratio']:.2f}x; the teacher's forward "
         f"alone: {out['teacher_forward_examples_per_s']:.1f} examples/s", flush=True)
-  if FLAGS.json_out:
-    bench_util.write_json(FLAGS.json_out, out)
-  print(json.dumps(out))
+  bench_util.emit(out, FLAGS.json_out)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,8 @@ flags.DEFINE_string("student", "vit_tiny", "A preset of models/student.py.")
 flags.DEFINE_integer("image_size", 224, "Image side.")
 flags.DEFINE_integer("batch_size", 32, "Images per step.")
 flags.DEFINE_integer("steps", 8, "Timed steps (after 2 warm-up steps).")
-flags.DEFINE_bool("torch", True, "Run the PyTorch baseline (skipped if torch is missing).")
-flags.DEFINE_enum("torch_device", "auto", ["auto", "cpu", "cuda"],
-                  "Where the PyTorch baseline runs; auto: cuda if torch sees a GPU.")
+bench_util.define_torch_flags(flags)
+flags.adopt_module_key_flags(bench_util)   # in --help, as this script's own
 flags.DEFINE_string("json_out", "", "Write the figures here (JSON).")
 FLAGS = flags.FLAGS
 
@@ -113,10 +112,7 @@ def run_torch(images_u8) -> float:
 
   torch.set_num_threads(bench_util.available_cores())
   torch.manual_seed(0)
-  dev = FLAGS.torch_device
-  if dev == "auto":
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-  sync = torch.cuda.synchronize if dev == "cuda" else lambda: None
+  dev, sync = bench_util.torch_device(torch, FLAGS.torch_device)
   config = teacher_config()
   vision = config.vision_config
   vision.projection_dim = config.projection_dim

@@ -25,6 +25,29 @@ def have(module: str) -> bool:
     return False
 
 
+def define_torch_flags(flags) -> None:
+  """--torch and --torch_device, the same in every script with a PyTorch baseline."""
+  flags.DEFINE_bool("torch", True, "Run the PyTorch baseline (skipped if torch is missing).")
+  flags.DEFINE_enum("torch_device", "auto", ["auto", "cpu", "cuda"],
+                    "Where the PyTorch baseline runs; auto: cuda if torch sees a GPU.")
+
+
+def torch_device(torch, flag: str):
+  """(device, sync) for --torch_device `flag`: "auto" is cuda when torch sees
+  a GPU; sync() waits for the device (a no-op on the CPU)."""
+  dev = flag
+  if dev == "auto":
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+  return dev, (torch.cuda.synchronize if dev == "cuda" else lambda: None)
+
+
+def emit(out: dict, json_out: str) -> None:
+  """Prints the figures as one JSON line, and writes them to json_out if given."""
+  if json_out:
+    write_json(json_out, out)
+  print(json.dumps(out))
+
+
 def write_json(path: str, obj) -> None:
   """Writes `obj` as JSON to a local `path` atomically (temp name, then rename)."""
   tmp = f"{path}.tmp.{os.getpid()}"
@@ -62,9 +85,7 @@ def versus_torch(out: dict, unit: str, run_ours, run_torch, want_torch: bool, js
           f"{out['ratio_ours_over_torch']:.2f}x", flush=True)
   else:
     print(f"pytorch: skipped ({missing})")
-  if json_out:
-    write_json(json_out, out)
-  print(json.dumps(out))
+  emit(out, json_out)
 
 
 class _Absent:

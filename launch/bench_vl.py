@@ -33,9 +33,8 @@ flags.DEFINE_integer("text_length", 40, "Text tokens per example.")
 flags.DEFINE_integer("num_answers", 3129, "VQA answer vocabulary.")
 flags.DEFINE_integer("batch_size", 16, "Examples per step.")
 flags.DEFINE_integer("steps", 4, "Timed steps (after 2 warm-up steps).")
-flags.DEFINE_bool("torch", True, "Run the PyTorch baseline (skipped if torch is missing).")
-flags.DEFINE_enum("torch_device", "auto", ["auto", "cpu", "cuda"],
-                  "Where the PyTorch baseline runs; auto: cuda if torch sees a GPU.")
+bench_util.define_torch_flags(flags)
+flags.adopt_module_key_flags(bench_util)   # in --help, as this script's own
 flags.DEFINE_string("json_out", "", "Write the figures here (JSON).")
 FLAGS = flags.FLAGS
 
@@ -101,10 +100,7 @@ def run_torch(batch):
 
   torch.set_num_threads(bench_util.available_cores())
   torch.manual_seed(0)
-  dev = FLAGS.torch_device
-  if dev == "auto":
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-  sync = torch.cuda.synchronize if dev == "cuda" else lambda: None
+  dev, sync = bench_util.torch_device(torch, FLAGS.torch_device)
   cfg = student_config()
   bert = vl_student.bert_config(cfg)
   bert._attn_implementation = "eager"  # pylint: disable=protected-access  (set by from_pretrained otherwise)

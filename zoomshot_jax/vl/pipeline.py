@@ -270,9 +270,11 @@ def _teacher_map(inputs: Inputs):
   def fn(batch):
     batch = dict(batch)
     first = batch["first"]
-    gold = batch.get("td_gold", batch.get("label", tf.zeros(tf.shape(first)[:1], tf.int32)))
-    if "td_gold" in batch:
-      batch.pop("td_gold")
+    # The right prompt: VQA's gold answer index, SNLI-VE's label; VCR has none
+    # (its candidates are its sequences), any int tensor will do.
+    gold = batch.pop("td_gold", None)
+    if gold is None:
+      gold = batch["label"]
     out = tf.py_function(py, [first, batch.get("second", first), gold], [tf.int32] * len(keys))
     lead = first.shape
     for k, v in zip(keys, out):

@@ -251,7 +251,6 @@ def load(d, source: str, student_cfg) -> tuple[Teacher, TeacherText]:
                     "an image and a text tower.") from e
   check_teacher(clip)
   clip_td.check_grids(student_cfg, grid_of(clip))
-  clip_td.check_layer(clip_td.from_config(d), student_cfg.num_hidden_layers)
   text = TeacherText(clip.tokenizer, int(d.teacher_max_length or clip.max_length),
                      int(d.vqa_candidates), tuple(d.snli_ve_templates))
   return Teacher(clip), text
