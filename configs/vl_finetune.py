@@ -134,6 +134,9 @@ def get_config(arg=None):
       # SNLI-VE confidence prompts per label (entailment, neutral, contradiction).
       "snli_ve_templates": ("{}", "maybe {}", "not {}"),
       "teacher_max_length": 0,   # 0 = the CLIP's own (77 for OpenAI's)
+      # Per host: the teacher's outputs on the training rows are computed once
+      # when they fit in this (vl/teacher_cache.py); 0 = in every step.
+      "teacher_cache_gb": 2.0,
   })
   config.compilation_cache = ""
   config.mesh = [("data", -1)]

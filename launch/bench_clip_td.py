@@ -11,8 +11,9 @@ text towers on the batch and on --candidates answer prompts per question,
 the token selection, the projections), random weights of the given shapes.
 --teacher: "world" (the demo's CLIP shape: 48 px, patch 8, width 96) or "b32"
 (CLIP ViT-B/32's, 224 px). Prints examples/s of each, the ratio CLIP-TD /
-baseline step time, and the teacher's forward pass alone (the expected
-overhead); --json_out writes them.
+baseline step time, the same with the teacher's outputs read from the batch
+(vl/teacher_cache.py: the training rows' outputs computed once), and the
+teacher's forward pass alone (the expected overhead); --json_out writes them.
 """
 
 import os
@@ -106,7 +107,7 @@ def main(argv):
   tx = optax.adamw(1e-4, weight_decay=0.01)
   base = vl_tasks.init(params, cfg, hyper)
 
-  def timed(inner, p, frozen, model_state):
+  def timed(inner, p, frozen, model_state, gbatch=gbatch):
     def loss_fn(q, ms, b, fz, rng):
       return inner(q, ms, {**b, "image": b["image"] / 127.5 - 1.0, "teacher_image": b["image"]},
                    fz, rng)
@@ -131,6 +132,18 @@ def main(argv):
       {"step": jnp.zeros((), jnp.int32)})
   print(f"CLIP-TD step:  {out['clip_td_examples_per_s']:.1f} examples/s", flush=True)
   out["step_time_ratio"] = out["baseline_examples_per_s"] / out["clip_td_examples_per_s"]
+  # The teacher's outputs read from the batch, as vl/teacher_cache.py gives them.
+  cached = jax.jit(lambda p, b: clip_td.teacher_outputs(t, p, {**b, "teacher_image": b["image"]},
+                                                        False))(t.clip.params, batch)
+  cached = sharding.to_global({**batch, **jax.device_get(cached)},
+                              sharding.batch_sharding(mesh))
+  out["clip_td_cached_examples_per_s"] = timed(
+      td_fn, clip_td.init(base, cfg.hidden_size, t.dim), {"clip": t.clip.params},
+      {"step": jnp.zeros((), jnp.int32)}, cached)
+  out["cached_step_time_ratio"] = (out["baseline_examples_per_s"]
+                                   / out["clip_td_cached_examples_per_s"])
+  print(f"CLIP-TD step, teacher outputs cached: {out['clip_td_cached_examples_per_s']:.1f} "
+        f"examples/s ({out['cached_step_time_ratio']:.2f}x the baseline's step time)", flush=True)
 
   @jax.jit
   def teacher_forward(p, b):

@@ -294,7 +294,8 @@ if st[0] == "0" and r:
                f"{f(r['clip_td_examples_per_s'])} examples/s (baseline "
                f"{f(r['baseline_examples_per_s'])})", "—",
                f"{r['step_time_ratio']:.2f}× the baseline's step time",
-               f"the teacher's forward alone {f(r['teacher_forward_examples_per_s'])} examples/s; "
+               f"teacher outputs cached: {r['cached_step_time_ratio']:.2f}×; the teacher's "
+               f"forward alone {f(r['teacher_forward_examples_per_s'])} examples/s; "
                f"no PyTorch CLIP-TD exists; {st[1]} s"])
 else:
   rows.append(["CLIP-TD step vs the baseline step", "", why("clip_td", st), "", "", ""])

@@ -156,6 +156,17 @@ def _brute(s, k):
   return np.take_along_axis(s, order, 1), order
 
 
+def _assert_is_the_exact_top_k(s, k, **kwargs):
+  vals, pos = host_topk.exact_top_k(s, k, **kwargs)
+  ref_vals, ref_pos = _brute(s, k)
+  np.testing.assert_array_equal(pos, ref_pos)
+  np.testing.assert_array_equal(vals, ref_vals)
+  assert pos.dtype == np.int32 and vals.dtype == np.float32
+  lax_vals, lax_pos = jax.lax.top_k(s, k)
+  np.testing.assert_array_equal(pos, lax_pos)
+  np.testing.assert_array_equal(vals, lax_vals)
+
+
 @pytest.mark.parametrize("k", [1, 5, 40, 64])
 def test_exact_top_k_equals_a_full_sort_and_lax_top_k(k):
   """Rows with ties across the cut, ties among the kept, -inf padding, k = n."""
@@ -165,14 +176,23 @@ def test_exact_top_k_equals_a_full_sort_and_lax_top_k(k):
   s[10:15, 50:] = -np.inf                                    # padding
   s[15, :] = 1.0                                             # one value
   s[16, :] = -np.inf
-  vals, pos = host_topk.exact_top_k(s, k)
-  ref_vals, ref_pos = _brute(s, k)
-  np.testing.assert_array_equal(pos, ref_pos)
-  np.testing.assert_array_equal(vals, ref_vals)
-  assert pos.dtype == np.int32 and vals.dtype == np.float32
-  lax_vals, lax_pos = jax.lax.top_k(s, k)
-  np.testing.assert_array_equal(pos, lax_pos)
-  np.testing.assert_array_equal(vals, lax_vals)
+  _assert_is_the_exact_top_k(s, k)
+
+
+@pytest.mark.parametrize("k, stride", [(1, 4), (20, 4), (20, 16), (64, 8)])
+def test_threshold_top_k_equals_a_full_sort_and_lax_top_k(k, stride):
+  """The sampled-threshold path (rows long against k), and each of its ways
+  to the partition path: a sample that sets the threshold too high, a row of
+  ties, -inf padding."""
+  rng = np.random.default_rng(4)
+  s = rng.standard_normal((48, 4096)).astype(np.float32)
+  s[10:20] = rng.integers(-40, 40, (10, 4096))                # ties across the cut and among the kept
+  s[20:24, 1000:] = -np.inf                                  # padding
+  s[24, :] = 1.0                                             # one value
+  s[25, :] = -np.inf
+  s[26:30, ::stride] += 100.0                                # the sample sees only the largest
+  s[30:34, ::stride] -= 100.0                                # ... or only the smallest
+  _assert_is_the_exact_top_k(s, k, stride=stride)
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,10 @@
 the weights against a NumPy softmax, the token loss against NumPy, the
 teacher's token features against HF's own outputs, the text alignment, and
 the program: its exported model is the baseline's (parameters and FLOPs),
-with λ = 0 its gradient is the baseline's exactly, and bad settings are
-refused. (The micro demo runs CLIP-TD on all three tasks: tests/test_demo.py.)"""
+with λ = 0 its gradient is the baseline's exactly, the teacher's cached
+outputs are the step's, and bad settings are refused. (The micro demo runs CLIP-TD on all three tasks: tests/test_demo.py.)"""
 
+import dataclasses
 import math
 import os
 import re
@@ -23,6 +24,7 @@ from zoomshot_jax.models import vl_student
 from zoomshot_jax.programs import vl_finetune as program
 from zoomshot_jax.vl import pipeline
 from zoomshot_jax.vl import teacher as teacher_lib
+from zoomshot_jax.vl import teacher_cache
 
 
 pytestmark = pytest.mark.usefixtures("compilation_cache_on")
@@ -217,27 +219,41 @@ def _flops(module, hyper, params, batch):
 @pytest.fixture(scope="module")
 def vqa_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("td_vqa"))
-  config = _config("vqa", "clip_td")
+  # The teacher in the step here; the micro demo's runs read the cache.
+  config = _config("vqa", "clip_td", **{"distill.teacher_cache_gb": 0.0})
   return workdir, config, program.run(config, workdir)
 
 
-def _pieces(config, workdir):
-  """The program's own model, inputs (teacher side on) and a training batch."""
+def _inputs(config, workdir):
+  """The program's own model and training inputs (teacher side on), and its rows."""
   data = program.load_data(config, workdir)
-  answers = program.answer_vocab(config, workdir, data.train_split)
+  vqa = config.task == "vqa"
+  answers = program.answer_vocab(config, workdir, data.train_split) if vqa else []
   tok = pipeline.load_tokenizer(data.tokenizer)
   module, params, hyper = program.build_model(config, tok, len(answers))
   teacher, text = teacher_lib.load(config.distill, "world", module.config)
   spec = pipeline.image_spec(module.config.image_size, config.data.image_mean,
                              config.data.image_std)
-  inputs = pipeline.Inputs("vqa", tok, config.data.max_length, spec, tuple(answers),
-                           teacher=text)
+  inputs = pipeline.Inputs(config.task, tok, config.data.max_length, spec,
+                           tuple(answers) if vqa else None, teacher=text)
   cols = pipeline.columns(inputs, data.train, train=True)
+  return module, params, hyper, teacher, inputs, cols
+
+
+def _step_batch(inputs, cols, config, step=0, extra=None):
+  """The training batch of a step, as numpy, as the program's loss sees it."""
   batch = pipeline.TrainBatches(inputs, cols, config.train.batch_size, 0,
-                                sharding.make_mesh(config.mesh))(0)
+                                sharding.make_mesh(config.mesh), extra=extra)(step)
   batch = jax.device_get(batch)        # numpy: these checks run outside the sharded step
-  batch = {**batch, "teacher_image": batch["image"], "image": spec.normalize(batch["image"])}
-  return module, params, hyper, teacher, {k: np.asarray(v) for k, v in batch.items()}
+  batch = {**batch, "teacher_image": batch["image"],
+           "image": inputs.spec.normalize(batch["image"])}
+  return {k: np.asarray(v) for k, v in batch.items()}
+
+
+def _pieces(config, workdir):
+  """The program's own model, teacher and a training batch (teacher fields on)."""
+  module, params, hyper, teacher, inputs, cols = _inputs(config, workdir)
+  return module, params, hyper, teacher, _step_batch(inputs, cols, config)
 
 
 def test_exported_model_is_the_baselines_and_lambda_zero_adds_nothing(vqa_run):
@@ -270,6 +286,35 @@ def test_exported_model_is_the_baselines_and_lambda_zero_adds_nothing(vqa_run):
   assert 0 <= td["results"]["vqa_val2014"]["overall"] <= 100
 
 
+def test_cached_teacher_outputs_are_the_steps(tmp_path, task="vcr"):
+  """The cache's rows of a step's batch equal the teacher run on that batch,
+  and so does the loss; a budget too small for them leaves the teacher in
+  the step. VCR: its [B, 4, ...] text (the micro demo's runs read VQA's and
+  SNLI-VE's caches)."""
+  config = _config(task, "clip_td")
+  module, params, hyper, teacher, inputs, cols = _inputs(config, str(tmp_path))
+  cache = teacher_cache.build(teacher, inputs, cols, 8, budget_gb=1.0)
+  assert {k: len(v) for k, v in cache.items()} == {
+      k: len(cols["index"]) for k in (*clip_td.TEACHER_OUTPUTS, "t_align", "t_attention_mask")}
+  assert teacher_cache.build(teacher, inputs, cols, 8, budget_gb=1e-6) is None
+  step = 3                             # a later step: its rows come from the stream
+  live = _step_batch(inputs, cols, config, step)
+  cached = _step_batch(dataclasses.replace(inputs, teacher=None), cols, config, step,
+                       extra=teacher_cache.lookup(cache))
+  assert not set(pipeline.TEACHER_KEYS[:1]) & set(cached)   # no teacher text in the batch
+  for k in ("t_align", "t_attention_mask", "image", "input_ids"):
+    np.testing.assert_array_equal(cached[k], live[k])
+  want = jax.jit(lambda b: clip_td.teacher_outputs(teacher, teacher.clip.params, b,
+                                                   task == "vcr"))(live)
+  for k in clip_td.TEACHER_OUTPUTS:
+    np.testing.assert_allclose(cached[k], want[k], rtol=1e-5, atol=1e-6)
+  full = clip_td.init(params, module.config.hidden_size, teacher.dim)
+  fn = clip_td.make_loss_fn(clip_td.Hyper(), hyper, module, teacher)
+  frozen, state = {"clip": teacher.clip.params}, {"step": jnp.zeros((), jnp.int32)}
+  loss = jax.jit(lambda b: fn(full, state, b, frozen, jax.random.PRNGKey(0))[0])
+  np.testing.assert_allclose(float(loss(cached)), float(loss(live)), rtol=1e-5)
+
+
 def test_modes_are_the_ablations():
   got = {m: (clip_td.Hyper(mode=m).select, clip_td.Hyper(mode=m).weight) for m in clip_td.MODES}
   assert got == {"none": (False, False), "naive": (False, False), "select": (True, False),
@@ -297,7 +342,8 @@ def test_teacher_without_a_text_tower_and_a_grid_that_cannot_align(tmp_path):
     ("distill.rho", 0.0, "config.distill.rho=0.0"), ("distill.rho", 1.5, "config.distill.rho"),
     ("distill.schedule", "cosine", "config.distill.schedule='cosine'"),
     ("distill.mode", "fancy", "config.distill.mode='fancy'"),
-    ("distill.loss", "l2", "config.distill.loss='l2'"), ("distill.layer", 9, "config.distill.layer=9")])
+    ("distill.loss", "l2", "config.distill.loss='l2'"), ("distill.layer", 9, "config.distill.layer=9"),
+    ("distill.teacher_cache_gb", -1.0, "config.distill.teacher_cache_gb=-1.0")])
 def test_bad_settings_are_refused_before_anything_runs(tmp_path, field, value, match):
   with pytest.raises(UserError, match=re.escape(match)):
     program.run(_config("snli_ve", "clip_td", **{field: value}), str(tmp_path))

@@ -18,6 +18,7 @@ from zoomshot_jax import encoders, world
 from zoomshot_jax.configs import demo as demo_config
 from zoomshot_jax.configs import vl_finetune as vl_config
 from zoomshot_jax.demo import report, vl_rows
+from zoomshot_jax.demo import run as demo_lib
 from zoomshot_jax.errors import UserError
 from zoomshot_jax.demo.__main__ import DEFAULT_CONFIG, with_default_config
 
@@ -206,11 +207,20 @@ def test_default_config_is_the_packaged_demo_config():
   assert with_default_config(argv) == argv
 
 
-@pytest.mark.parametrize("field,value", [("world.renderer", "sepia"), ("world.scale", "huge"),
-                                         ("clip.init", "orthogonal"), ("vl.tasks", "gqa")])
-def test_bad_demo_input_is_one_line(tmp_path, field, value):
-  proc = procs.launch(MICRO, str(tmp_path), {field: value}, module="zoomshot_jax.demo")
+def test_bad_demo_input_is_one_line(tmp_path):
+  proc = procs.launch(MICRO, str(tmp_path), {"world.renderer": "sepia"},
+                      module="zoomshot_jax.demo")
   code, _, err = procs.wait(proc)
   assert code == 2
-  assert value in err and "Traceback" not in err
+  assert "sepia" in err and "Traceback" not in err
   assert not os.path.exists(os.path.join(tmp_path, "results.json"))
+
+
+@pytest.mark.parametrize("field,value", [("world.scale", "huge"), ("clip.init", "orthogonal"),
+                                         ("vl.tasks", ("gqa",))])
+def test_bad_demo_settings_are_refused_before_anything_is_written(tmp_path, field, value):
+  config = demo_config.get_config("micro")
+  config.update_from_flattened_dict({field: value})
+  with pytest.raises(UserError, match=re.escape(f"config.{field}=")):
+    demo_lib.run(config, str(tmp_path))
+  assert os.listdir(tmp_path) == []

@@ -112,6 +112,15 @@ def test_preparing_twice_gives_identical_data(micro_clean, tmp_path):
   assert [list(ex["captions"]) for ex in first] == [list(ex["captions"]) for ex in second]
 
 
+def test_a_test_only_world_is_the_full_worlds_test_split(micro_clean, tmp_path):
+  b = world.prepare("micro_clean_testonly", str(tmp_path))
+  assert set(b.info.splits) == {"test"}
+  assert b.builder_config.splits == ("test",)
+  digests = lambda d, c: sorted(_digest(ex["image"]) + str(ex["label"])
+                                for ex in _read(d, "test", c))
+  assert digests(str(tmp_path), "micro_clean_testonly") == digests(micro_clean, "micro_clean")
+
+
 def test_prepare_reuses_prepared_data(micro_clean):
   path = tfds.builder("shapes_world/micro_clean", data_dir=micro_clean).data_dir
 

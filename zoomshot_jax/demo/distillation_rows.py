@@ -69,11 +69,13 @@ def run(config, workdir, data_dir, clip_dir, prompts, mesh, stage, timings) -> d
   each on the clean and photo tests, plus the teacher on both."""
   w = config.world
   micro = w.scale == "micro"
-  tests = {r: f"shapes_world/{world.config_name(r, w.seed, micro=micro)}"
+  # The photo world's test plays the "real" images: only its test split is
+  # generated (the run's own world is prepared already).
+  tests = {r: f"shapes_world/{world.config_name(r, w.seed, micro, r != w.renderer)}"
            for r in render.RENDERERS}
-  for r in render.RENDERERS:   # the photo world's test plays the "real" images
-    if r != w.renderer:        # the run's own world is prepared already
-      name = world.config_name(r, w.seed, micro=micro)
+  for r in render.RENDERERS:
+    if r != w.renderer:
+      name = world.config_name(r, w.seed, micro, test_only=True)
       with stage(f"world {name} (the students' test)", timings):
         world.prepare(name, data_dir)
   with stage("synthetic images", timings):

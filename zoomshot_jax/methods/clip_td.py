@@ -93,7 +93,10 @@ def check_layer(hyper: Hyper, num_layers: int, what: str = "config.distill") -> 
 
 
 def from_config(d, total_steps: int = 1, what: str = "config.distill") -> Hyper:
-  """config.distill (configs/vl_finetune.py) as a checked Hyper."""
+  """config.distill (configs/vl_finetune.py) as a checked Hyper (and its cache budget)."""
+  if not float(d.get("teacher_cache_gb", 0.0)) >= 0:
+    raise UserError(f"{what}.teacher_cache_gb={d.teacher_cache_gb}: expected GB >= 0 "
+                    "(0: the teacher runs in every step).")
   return check(Hyper(mode=d.mode, rho=float(d.rho), loss=d.loss, schedule=d.schedule,
                      lam=float(d.lam), image_weight=float(d.image_weight),
                      text_weight=float(d.text_weight), total_steps=total_steps,
@@ -219,42 +222,62 @@ def distill_terms(hyper: Hyper, params, out, teacher_img, teacher_txt, t_align, 
              "td_image_tokens": img_sel.sum(-1).mean(), "td_text_tokens": txt_sel.sum(-1).mean()}
 
 
+# What the loss reads of the frozen teacher, per row of the batch.
+TEACHER_OUTPUTS = ("td_image", "td_image_att", "td_text", "td_text_att", "td_conf")
+
+
+def teacher_outputs(teacher, cp, batch, vcr: bool) -> dict:
+  """The teacher on a batch (its fields from vl/pipeline.py's teacher map):
+  td_image [B, P, d] patch tokens, td_image_att [B, P] their [CLS]
+  attention, td_text [B, (4,) Lt, d] text tokens, td_text_att their EOS
+  attention, td_conf [B] its confidence at the right candidate (VCR's
+  candidates: the example's 4 sequences)."""
+  img_tok, img_att, img_emb = teacher.image(cp, batch["teacher_image"])
+  txt_tok, txt_att, txt_emb = teacher.text(cp, batch["t_input_ids"], batch["t_attention_mask"])
+  if vcr:
+    cand_emb, label = txt_emb, batch["label"]
+  else:
+    _, _, cand_emb = teacher.text(cp, batch["c_input_ids"], batch["c_attention_mask"])
+    label = batch["c_label"]
+  conf = confidence(img_emb, cand_emb, label, teacher.logit_scale(cp))
+  return dict(zip(TEACHER_OUTPUTS, (img_tok, img_att, txt_tok, txt_att, conf)))
+
+
 def make_loss_fn(hyper: Hyper, task_hyper: vl_tasks.Hyper, module: vl_student.VLStudent,
                  teacher):
   """The shared step's loss. `teacher` is vl/teacher.py's module with a CLIP
   bound: teacher.image(params, images), teacher.text(params, ids, mask),
-  teacher.grid, teacher.logit_scale(params). frozen = {"clip": CLIP params};
+  teacher.grid, teacher.logit_scale(params). frozen = {"clip": CLIP params}
+  (unused when the batch carries TEACHER_OUTPUTS, the cache's rows);
   model_state = {"step": int32} (the schedule's t, checkpointed with the state)."""
   check(hyper)
   vcr = task_hyper.task == "vcr"
   grid = module.config.grid
 
   def loss_fn(params, model_state, batch, frozen, rng):
-    cp = frozen["clip"]
     logits, out = vl_tasks.forward(module, task_hyper, export(params), batch, train=True,
                                    rng=rng, output_hidden_states=hyper.layer != -1)
     task, metrics = vl_tasks.task_loss(task_hyper, logits, batch)
-    img_tok, img_att, img_emb = teacher.image(cp, batch["teacher_image"])
-    txt_tok, txt_att, txt_emb = teacher.text(cp, batch["t_input_ids"], batch["t_attention_mask"])
+    # Cached rows (vl/teacher_cache.py) carry the teacher's outputs; else it runs here.
+    t = ({k: batch[k] for k in TEACHER_OUTPUTS} if TEACHER_OUTPUTS[0] in batch
+         else teacher_outputs(teacher, frozen["clip"], batch, vcr))
+    img_tok, img_att, txt_tok, txt_att, conf = (t[k] for k in TEACHER_OUTPUTS)
     b = img_tok.shape[0]
     if vcr:     # [B, 4, ...] -> the student's example-major [4B, ...]
-      c = batch["t_input_ids"].shape[1]
+      c = txt_tok.shape[1]
       rep = lambda x: jnp.repeat(x, c, axis=0)
       flat = lambda x: x.reshape((b * c,) + x.shape[2:])
       teacher_img = (rep(img_tok), rep(img_att))
       teacher_txt = (flat(txt_tok), flat(txt_att))
       t_align, t_valid = flat(batch["t_align"]), flat(batch["t_attention_mask"])
-      cand_emb, label = txt_emb, batch["label"]
     else:
       teacher_img, teacher_txt = (img_tok, img_att), (txt_tok, txt_att)
       t_align, t_valid = batch["t_align"], batch["t_attention_mask"]
-      _, _, cand_emb = teacher.text(cp, batch["c_input_ids"], batch["c_attention_mask"])
-      label = batch["c_label"]
     d, logged = distill_terms(hyper, params["td"], out, teacher_img, teacher_txt, t_align,
                               t_valid, grid, teacher.grid)
     if vcr:
       d = d.reshape(b, -1).mean(-1)
-    conf = jax.lax.stop_gradient(confidence(img_emb, cand_emb, label, teacher.logit_scale(cp)))
+    conf = jax.lax.stop_gradient(conf)
     w = batch_weights(conf) if hyper.weight else jnp.ones_like(conf)
     distill = (w * d).mean()
     step = model_state["step"]

@@ -47,6 +47,7 @@ from zoomshot_jax.models import vl_student, vl_weights
 from zoomshot_jax.vl import evaluate as vl_evaluate
 from zoomshot_jax.vl import pipeline, protocols, readers, vqa_eval
 from zoomshot_jax.vl import teacher as teacher_lib
+from zoomshot_jax.vl import teacher_cache
 from zoomshot_jax.world import vl_files, vl_text
 
 SOURCES = ("world", "real")
@@ -316,7 +317,15 @@ def train(config, workdir: str, module, hyper, params, inputs: pipeline.Inputs, 
   share = pipeline.host_share(records, jax.process_index(), jax.process_count())
   cols = pipeline.columns(inputs, share, train=True)
   pipeline.check_lengths(inputs, cols, "training texts")
-  batches = pipeline.TrainBatches(inputs, cols, t.batch_size, config.seed, mesh)
+  extra = None
+  if teacher is not None:
+    with console.stage("teacher outputs"):
+      cache = teacher_cache.build(teacher, inputs, cols,
+                                  sharding.local_batch_size(t.batch_size, mesh),
+                                  config.distill.teacher_cache_gb)
+    if cache is not None:   # the step reads them: no teacher fields in the batches
+      inputs, extra = dataclasses.replace(inputs, teacher=None), teacher_cache.lookup(cache)
+  batches = pipeline.TrainBatches(inputs, cols, t.batch_size, config.seed, mesh, extra=extra)
   num_items = len(records) * (2 if config.task == "vcr" else 1)   # vcr: Q->A and QA->R
   total = total_steps(config, num_items)
   frozen, model_state = {}, {}

@@ -44,11 +44,10 @@ from zoomshot_jax.methods import vl_tasks
 from zoomshot_jax.vl import vqa_eval
 
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-# The steps of one training window's tf.data pipeline (see TrainBatches):
-# an epoch of the host's share, within these bounds. Each window builds a new
-# pipeline (its first batches cost a decode and a tokenisation pass before
-# prefetch catches up): a low-shot share of a few batches, repeated for 200
-# steps, took 13 s of pipeline per VCR run with 16-step windows, 9 s with 64.
+# The steps of one training window's tf.data pipeline (TrainBatches): an epoch
+# of the host's share, within these bounds. Each window builds a new pipeline
+# (its first batches wait on decoding and tokenising): 200 low-shot VCR steps
+# took 13 s of pipeline with 16-step windows, 9 s with 64.
 _WINDOW_STEPS = (64, 512)
 # A fast tokenizer with padding/truncation set is not safe to call from two
 # threads at once ("Already borrowed"); tf.data may run two pipelines' maps.
@@ -338,8 +337,9 @@ class TrainBatches:
   """
 
   def __init__(self, inputs: Inputs, cols: dict[str, np.ndarray], batch_size: int, seed: int,
-               mesh, what: str = "training examples"):
-    self.inputs, self.cols, self.seed = inputs, cols, seed
+               mesh, what: str = "training examples", extra=None):
+    # extra(rows) -> more numpy fields of those rows (vl/teacher_cache.py).
+    self.inputs, self.cols, self.seed, self.extra = inputs, cols, seed, extra
     self.n = len(cols["index"])
     self.local_bs = sharding.local_batch_size(batch_size, mesh, "train.batch_size")
     if self.n == 0:
@@ -348,7 +348,7 @@ class TrainBatches:
     lo, hi = _WINDOW_STEPS
     self.window = int(np.clip(math.ceil(self.n / self.local_bs), lo, hi))
     self._rows = sharding.batch_sharding(mesh)
-    self._it, self._next, self._end = None, None, None
+    self._it, self._next, self._end, self._window = None, None, None, None
     self._what = what
 
   def _perm(self, epoch: int) -> np.ndarray:
@@ -363,14 +363,19 @@ class TrainBatches:
 
   def __call__(self, step: int) -> dict:
     if self._next != step or step >= self._end:
-      ds = _dataset(self.inputs, self.cols, self.rows(step, self.window), self.local_bs)
+      self._window = self.rows(step, self.window)
+      ds = _dataset(self.inputs, self.cols, self._window, self.local_bs)
       self._it = data_pipeline.as_numpy(ds, self._what)
       self._end = step + self.window
     batch = next(self._it)
     self._next = step + 1
     keys = ("image", *TEXT_KEYS, "targets" if self.inputs.task == "vqa" else "label",
             *teacher_keys(self.inputs))
-    return sharding.to_global({k: batch[k] for k in keys}, self._rows)
+    batch = {k: batch[k] for k in keys}
+    if self.extra is not None:
+      lo = (step - self._end + self.window) * self.local_bs
+      batch.update(self.extra(self._window[lo:lo + self.local_bs]))
+    return sharding.to_global(batch, self._rows)
 
 
 def eval_batches(inputs: Inputs, cols: dict[str, np.ndarray], local_batch_size: int,

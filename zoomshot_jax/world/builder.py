@@ -50,32 +50,40 @@ _TWO_OBJECTS_FRACTION = {"clip_train": 0.25, "vision_train": 0.25, "map_train": 
 _MIN_POOL_SIZE = 2000
 _CHUNK_SIZE = 256
 
-_NAME_RE = re.compile(r"(?P<micro>micro_)?(?P<renderer>[a-z]+)(?:_seed(?P<seed>\d+))?")
-_NAME_PATTERN = "[micro_]{" + "|".join(render.RENDERERS) + "}[_seed<N>]"
+_NAME_RE = re.compile(
+    r"(?P<micro>micro_)?(?P<renderer>[a-z]+)(?:_seed(?P<seed>\d+))?(?P<test>_testonly)?")
+_NAME_PATTERN = "[micro_]{" + "|".join(render.RENDERERS) + "}[_seed<N>][_testonly]"
 
 
 @dataclasses.dataclass
 class ShapesWorldConfig(tfds.core.BuilderConfig):
-  """One world: a renderer, a seed and a scale (split sizes, SPLIT_SIZES)."""
+  """One world: a renderer, a seed and a scale (split sizes, SPLIT_SIZES);
+  splits: the ones it generates ("_testonly" worlds: the test split alone,
+  the same examples as the full world's)."""
 
   renderer: str = "clean"
   seed: int = 0
   scale: str = "full"
   image_size: int = IMAGE_SIZE
+  splits: tuple[str, ...] = SPLITS
 
 
-def config_name(renderer: str, seed: int = 0, micro: bool = False) -> str:
+def config_name(renderer: str, seed: int = 0, micro: bool = False,
+                test_only: bool = False) -> str:
   """The config name of a world, e.g. ("photo", 3, True) -> "micro_photo_seed3"."""
-  return ("micro_" if micro else "") + renderer + (f"_seed{seed}" if seed else "")
+  return (("micro_" if micro else "") + renderer + (f"_seed{seed}" if seed else "")
+          + ("_testonly" if test_only else ""))
 
 
-def _make_config(renderer: str, seed: int = 0, micro: bool = False) -> ShapesWorldConfig:
+def _make_config(renderer: str, seed: int = 0, micro: bool = False,
+                 test_only: bool = False) -> ShapesWorldConfig:
   scale = "micro" if micro else "full"
-  sizes = ", ".join(f"{k} {v}" for k, v in SPLIT_SIZES[scale].items())
+  splits = ("test",) if test_only else SPLITS
+  sizes = ", ".join(f"{k} {SPLIT_SIZES[scale][k]}" for k in splits)
   return ShapesWorldConfig(
-      name=config_name(renderer, seed, micro),
+      name=config_name(renderer, seed, micro, test_only),
       description=f"{renderer} renderer, seed {seed}, {scale} scale ({sizes}).",
-      renderer=renderer, seed=seed, scale=scale)
+      renderer=renderer, seed=seed, scale=scale, splits=splits)
 
 
 def parse_config_name(name: str) -> ShapesWorldConfig:
@@ -87,7 +95,7 @@ def parse_config_name(name: str) -> ShapesWorldConfig:
   if m["renderer"] not in render.RENDERERS:
     raise UserError(f"shapes_world config {name!r}: unknown renderer {m['renderer']!r}; "
                     f"expected {_NAME_PATTERN} with a renderer in {render.RENDERERS}.")
-  return _make_config(m["renderer"], int(m["seed"] or 0), bool(m["micro"]))
+  return _make_config(m["renderer"], int(m["seed"] or 0), bool(m["micro"]), bool(m["test"]))
 
 
 def _num_cpus() -> int:
@@ -140,9 +148,10 @@ class ShapesWorld(tfds.core.GeneratorBasedBuilder):
   captions per image, but only clip_train is meant to be used with text; the
   other splits' captions are for inspection only.
 
-  Config names: [micro_]{clean|photo}[_seed<N>], e.g. "photo",
-  "micro_clean", "photo_seed3"; the four with seed 0 are predefined and any
-  other is built on request.
+  Config names: [micro_]{clean|photo}[_seed<N>][_testonly], e.g. "photo",
+  "micro_clean", "photo_seed3", "photo_testonly" (the test split alone:
+  an evaluation-only world, 18x cheaper to generate); the four full worlds
+  with seed 0 are predefined and any other is built on request.
   """
 
   VERSION = tfds.core.Version("1.0.0")
@@ -204,7 +213,7 @@ class ShapesWorld(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
-    return {split: self._generate_examples(split) for split in SPLITS}
+    return {split: self._generate_examples(split) for split in self.builder_config.splits}
 
   def _generate_examples(self, split: str):
     cfg = self.builder_config
