@@ -156,6 +156,25 @@ def _brute(s, k):
   return np.take_along_axis(s, order, 1), order
 
 
+def test_aligned_arrays_are_used_as_they_are():
+  """Anchors in 64-byte aligned memory are placed without a copy on CPU
+  devices; anything else gets one aligned copy of the same values."""
+  x = relative.aligned_empty((100, 48))
+  assert x.ctypes.data % 64 == 0 and x.flags.c_contiguous and x.dtype == np.float32
+  x[...] = np.random.default_rng(0).standard_normal(x.shape)
+  assert relative.aligned(x) is x
+  for other in (x[1:], x[:, :40], x.astype(np.float64), x.T):
+    y = relative.aligned(other)
+    assert y.ctypes.data % 64 == 0 and y.flags.c_contiguous and y.dtype == np.float32
+    np.testing.assert_array_equal(y, np.asarray(other, np.float32))
+  searcher = relative.Searcher(_mesh(2), k=5, block=8)
+  chunk = searcher.place(lambda a, b: x[a:b], 0, 100, 48)
+  placed = np.asarray(chunk.data)
+  assert placed.shape == (112, 48)                  # 2 devices x 56 rows (blocks of 8)
+  np.testing.assert_array_equal(placed[:100], x)
+  np.testing.assert_array_equal(placed[100:], 0.0)  # the padding
+
+
 def _assert_is_the_exact_top_k(s, k, **kwargs):
   vals, pos = host_topk.exact_top_k(s, k, **kwargs)
   ref_vals, ref_pos = _brute(s, k)

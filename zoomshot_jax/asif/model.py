@@ -20,7 +20,7 @@ import numpy as np
 
 from zoomshot_jax import compile_cache, sharding
 from zoomshot_jax.asif import scoring
-from zoomshot_jax.asif.relative import Searcher, TopK, in_memory_chunks
+from zoomshot_jax.asif.relative import Searcher, TopK, aligned_empty, in_memory_chunks
 from zoomshot_jax.errors import UserError
 
 _SIMS_BUDGET = 1 << 30  # bytes of similarities per search step, over all devices
@@ -68,7 +68,10 @@ class Asif:
       if x.ndim != 2 or x.shape[1] != self.anchors[kind].shape[1]:
         raise UserError(f"{kind} anchor embeddings of shape {x.shape} do not match the "
                         f"anchors' dimension {self.anchors[kind].shape[1]}.")
-      self.anchors[kind] = np.concatenate([self.anchors[kind], x])
+      # Aligned: every search places them on CPU devices without a copy.
+      old = self.anchors[kind]
+      self.anchors[kind] = aligned_empty((len(old) + len(x), old.shape[1]))
+      self.anchors[kind][:len(old)], self.anchors[kind][len(old):] = old, x
     self.captions += captions
 
   def represent(self, x, kind: str, previous: TopK | None = None) -> TopK:

@@ -114,6 +114,33 @@ def _round_up(x: int, m: int) -> int:
   return max(m, math.ceil(x / m) * m)
 
 
+# XLA:CPU uses a host array in place, with no copy, when it is C-contiguous
+# and aligned to this many bytes; otherwise device_put copies it (at 200k
+# anchors the copy was 10-30% of a search).
+_ALIGN = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+  """An uninitialised C-contiguous array whose data starts on a 64-byte boundary."""
+  nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+  buf = np.empty(nbytes + _ALIGN, np.uint8)
+  start = (-buf.ctypes.data) % _ALIGN
+  return buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def aligned(x) -> np.ndarray:
+  """x as float32 that a CPU device can use in place: x itself when it
+  already is (C-contiguous, 64-byte aligned), else one aligned copy. Arrays
+  given to `Searcher.place` this way are not copied again on CPU devices
+  (they must then not be modified while in use)."""
+  x = np.asarray(x)
+  if x.dtype == np.float32 and x.flags.c_contiguous and x.ctypes.data % _ALIGN == 0:
+    return x
+  out = aligned_empty(x.shape)
+  out[...] = x
+  return out
+
+
 # ------------------------------------------------------------------ programs
 # Module-level and cached by their static arguments (a mesh is hashable), so
 # every Searcher on the same mesh and shapes reuses one compilation.
@@ -257,7 +284,9 @@ class Searcher:
 
     `rows(start, end)` returns float32 [end - start, dim] anchor embeddings
     for start < end <= offset + n; each host is only asked for the rows of its
-    own devices, so no host holds more than its share.
+    own devices, so no host holds more than its share. On CPU devices rows
+    that are 64-byte aligned (`aligned`; an aligned array's slices at row
+    multiples of 16 floats are) are used in place, not copied.
     """
     total = self.chunk_rows(n)
     filled = {}
@@ -266,12 +295,13 @@ class Searcher:
       lo, hi, _ = index[0].indices(total)
       if (lo, hi) not in filled:  # replicas (over a query axis) read their rows once
         real = max(0, min(hi, n) - lo)
-        if real == hi - lo:  # no padding: the rows as they come, not a copy of them
-          filled[lo, hi] = np.asarray(rows(offset + lo, offset + hi), np.float32)
+        if real == hi - lo:  # no padding: the rows as they come (aligned: not copied)
+          filled[lo, hi] = aligned(rows(offset + lo, offset + hi))
         else:
-          filled[lo, hi] = np.zeros((hi - lo, dim), np.float32)
+          block = filled[lo, hi] = aligned_empty((hi - lo, dim))
+          block[real:] = 0.0
           if real:
-            filled[lo, hi][:real] = rows(offset + lo, offset + lo + real)
+            block[:real] = rows(offset + lo, offset + lo + real)
       return filled[lo, hi]
 
     data = jax.make_array_from_callback((total, dim), NamedSharding(self.mesh, P(AXIS)), fill)
