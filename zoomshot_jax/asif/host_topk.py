@@ -24,10 +24,11 @@ def exact_top_k(s: np.ndarray, k: int, stride: int = 32) -> tuple[np.ndarray, np
   over threads). Where a row is long against k, a threshold is found cheaply
   first: the value that about 2 k of the row exceed, read off a strided
   sample of every `stride`-th column. Every value at or above it is kept
-  (one vectorised compare, about 2 k per row), and the exact top-k of
-  those few is taken; they are in position order, so ties stay so. A row whose threshold keeps fewer
-  than k (an unlucky sample) goes the exact partition path instead; either
-  way the result is the same bits.
+  (one vectorised compare, about 2 k per row), and the exact top-k of those
+  few is taken; they are in position order, so ties stay so. A row whose
+  threshold keeps fewer than k (an unlucky sample) or more than 8 k (ties),
+  or is padding, goes the exact partition path instead; either way the
+  result is the same bits.
 
   Args:
     s: [r, n] float32, n >= k (masked entries at -inf).
