@@ -52,11 +52,16 @@ def exact_data():
   return queries, anchors
 
 
-@pytest.mark.parametrize("num_devices, top_k", [(1, "host"), (8, "host"), (8, "xla")])
-def test_search_equals_brute_force_with_ties(exact_data, num_devices, top_k):
+# all_local=False: the host top-k's candidates merged by the collective
+# program, as when the anchor devices span hosts.
+@pytest.mark.parametrize("num_devices, top_k, all_local",
+                         [(1, "host", True), (8, "host", True), (8, "host", False),
+                          (8, "xla", True)])
+def test_search_equals_brute_force_with_ties(exact_data, num_devices, top_k, all_local):
   queries, anchors = exact_data
   searcher = relative.Searcher(_mesh(num_devices), k=20, query_chunk=16, block=8, top_k=top_k)
-  assert searcher.top_k == top_k
+  assert searcher.top_k == top_k and searcher.all_local
+  searcher.all_local = all_local
   res = searcher.search(queries, relative.in_memory_chunks(searcher, anchors))
   idx, sims = brute_topk(queries, anchors, 20)
   np.testing.assert_array_equal(res.idx, idx)
@@ -90,9 +95,11 @@ def test_sharded_streamed_and_incremental_are_bit_identical(random_data):
   queries, anchors = random_data
   k = 24
 
-  def run(num_devices, chunk_size=0, splits=(), axes=(("data", -1),), top_k="auto"):
+  def run(num_devices, chunk_size=0, splits=(), axes=(("data", -1),), top_k="auto",
+          all_local=True):
     mesh = sharding.make_mesh(axes, devices=jax.devices()[:num_devices])
     searcher = relative.Searcher(mesh, k, query_chunk=16, block=8, top_k=top_k)
+    searcher.all_local = all_local  # False: the multi-host path's collective merge
     bounds = [0, *splits, len(anchors)]
     res = None
     for lo, hi in zip(bounds[:-1], bounds[1:]):  # each piece: an anchor-set update
@@ -108,6 +115,9 @@ def test_sharded_streamed_and_incremental_are_bit_identical(random_data):
               # Query rows split too: 2 query groups x 4 anchor devices, or 8 x 1.
               "2 x 4 mesh, streamed": run(8, chunk_size=70, axes=(("queries", 2), ("data", 4))),
               "8 query groups": run(8, axes=(("queries", 8),)),
+              "collective merge, 2 x 4 mesh, streamed, incremental":
+                  run(8, chunk_size=70, splits=(130,), axes=(("queries", 2), ("data", 4)),
+                      all_local=False),
               # lax.top_k in the program (the accelerators' path) gives the same bits.
               "xla top_k, 1 device": run(1, top_k="xla"),
               "xla top_k, 2 x 4 mesh, streamed": run(8, chunk_size=70, top_k="xla",

@@ -164,6 +164,31 @@ def test_eight_devices_equal_one_and_fsdp_equals_replicated(mesh8, tmp_path):
   assert np.abs(ref["params"]["Dense_1"]["kernel"] - p0["Dense_1"]["kernel"]).max() > 1e-2
 
 
+@pytest.mark.parametrize("devices", [1, 8])
+def test_the_step_is_traced_and_compiled_once(devices, tmp_path):
+  """The state fit places and the state the step returns have the same
+  shardings, so the jitted step is traced once: on one device the initial
+  optimiser state (SingleDeviceSharding) once made it compile twice."""
+  traces = []
+
+  def loss_fn(*args):
+    traces.append(1)  # runs at trace time only
+    return _loss_fn(*args)
+
+  mesh = sharding.make_mesh([("data", -1)], devices=jax.devices()[:devices])
+  params, model_state = _init()
+  batches = training.ArrayBatches(_data(), 32, seed=1, mesh=mesh)
+  tx = training.make_optimizer(_opt(), 4)
+  state = training.fit(loss_fn, params, {"scale": np.float32(1.5)}, batches, 4, tx, mesh,
+                       str(tmp_path), batch_size=32, model_state=model_state,
+                       checkpoint_every=10, log_every=2)
+  assert int(state["step"]) == 4 and len(traces) == 1
+  # What place gives is the sharding asked for, not an equivalent one.
+  rep = sharding.replicated(mesh)
+  placed = sharding.place({"a": jnp.zeros(3), "b": np.ones(2)}, rep)
+  assert all(x.sharding == rep for x in jax.tree.leaves(placed))
+
+
 def test_divergence_names_the_step_and_term(mesh8, tmp_path):
   data = _data(n=320)   # 10 steps per epoch: the bad row is in step 5 alone
   batches = training.ArrayBatches(data, 32, seed=1, mesh=mesh8)

@@ -153,14 +153,19 @@ def place(tree, shardings):
   Every host passes the same values and fills its own devices, so this works
   multi-host, where `jax.device_put` of host data may not. Arrays that already
   have their sharding are kept as they are (e.g. parameters placed once for
-  several datasets, or a state restored by Orbax).
+  several datasets, or a state restored by Orbax). An array on the same
+  devices under another sharding object (on one device: a SingleDeviceSharding
+  against a one-device mesh's) gets `s` itself, without a copy: a jitted step
+  keys its compilations on its inputs' shardings, and the outputs carry `s`,
+  so such an input made every one-device training program compile its step
+  twice (4.5 s of a VL run's 9 s of compiling).
   """
   def one(x, s):
     if isinstance(x, jax.Array):
-      if x.sharding.is_equivalent_to(s, x.ndim):
+      if x.sharding == s:
         return x
-      if not x.is_fully_addressable:  # a global array: reshard on device
-        return jax.device_put(x, s)
+      if x.sharding.is_equivalent_to(s, x.ndim) or not x.is_fully_addressable:
+        return jax.device_put(x, s)  # the same buffers, or a reshard on device
     x = np.asarray(jax.device_get(x))
     return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
 

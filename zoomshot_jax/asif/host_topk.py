@@ -117,32 +117,96 @@ def host_cores() -> int:
 _TASK_ROWS = 128
 
 
+def _blocks(sims: jax.Array, k_local: int, offset: int, end: int):
+  """This host's similarity blocks of a query chunk: (shard, first anchor,
+  block) with the padding columns (-inf) left out unless fewer than k_local
+  are real. On a CPU device the block is the device buffer itself."""
+  out = []
+  for shard in sims.addressable_shards:
+    block = np.asarray(shard.data)
+    start = offset + (shard.index[1].start or 0)
+    out.append((shard, start, block[:, :max(k_local, min(block.shape[1], end - start))]))
+  return out
+
+
+def _row_slices(rows: int):
+  return [(lo, min(lo + _TASK_ROWS, rows)) for lo in range(0, rows, _TASK_ROWS)]
+
+
+def _top_k_plus(block: np.ndarray, k_local: int, start: int):
+  vals, pos = exact_top_k(block, k_local)
+  return vals, pos + np.int32(start)
+
+
 def device_top_k(sims: jax.Array, k_local: int, offset: int, end: int,
-                anchor_devices: int) -> tuple[jax.Array, jax.Array]:
+                 anchor_devices: int) -> tuple[jax.Array, jax.Array]:
   """Program 1's top-k on the host: each local device's block [rows, L] of
   `sims` (anchors [offset, end) of the chunk, the rest padding), in row
   slices over this host's cores, -> candidates [Qc, A * k_local] (global
-  anchor indices), sharded as `sims` (each block's on its device)."""
-  shards = sims.addressable_shards
-  tasks = []  # (shard number, block, first row, last row, first anchor)
-  for n, shard in enumerate(shards):
-    block = np.asarray(shard.data)  # on a CPU device: the device buffer itself
-    start = offset + (shard.index[1].start or 0)
-    # Padding columns (-inf) are left out unless fewer than k_local are real.
-    block = block[:, :max(k_local, min(block.shape[1], end - start))]
-    tasks += [(n, block, lo, min(lo + _TASK_ROWS, block.shape[0]), start)
-              for lo in range(0, block.shape[0], _TASK_ROWS)]
+  anchor indices), sharded as `sims` (each block's on its device), for the
+  collective merge (relative.py's program 2) when anchor devices span hosts."""
+  blocks = _blocks(sims, k_local, offset, end)
+  tasks = [(n, lo, hi) for n, (_, _, block) in enumerate(blocks)
+           for lo, hi in _row_slices(block.shape[0])]
 
   def run(task):
-    _, block, lo, hi, start = task
-    vals, pos = exact_top_k(block[lo:hi], k_local)
-    return vals, pos + np.int32(start)
+    n, lo, hi = task
+    _, start, block = blocks[n]
+    return _top_k_plus(block[lo:hi], k_local, start)
 
   done = list(pool().map(run, tasks))
   shape = (sims.shape[0], anchor_devices * k_local)
   out = []
   for j in range(2):  # values, indices
     pieces = [jax.device_put(np.concatenate([d[j] for t, d in zip(tasks, done) if t[0] == n]),
-                             shard.device) for n, shard in enumerate(shards)]
+                             shard.device) for n, (shard, _, _) in enumerate(blocks)]
     out.append(jax.make_array_from_single_device_arrays(shape, sims.sharding, pieces))
   return out[0], out[1]
+
+
+def merge_top_k(vals: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """The top-k of candidate lists concatenated in ascending anchor order
+  (so position order is index order among equal values): `lax.top_k`'s merge,
+  with lists shorter than k filled by non-anchors (-inf, index -1)."""
+  if vals.shape[1] < k:
+    fill = k - vals.shape[1]
+    vals = np.pad(vals, ((0, 0), (0, fill)), constant_values=-np.inf)
+    idx = np.pad(idx, ((0, 0), (0, fill)), constant_values=-1)
+  vals, order = exact_top_k(vals, k)
+  return vals, np.take_along_axis(idx, order, 1)
+
+
+def local_top_k(sims: jax.Array, k_local: int, k: int, offset: int, end: int,
+                carry: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """A query chunk's global top-k, all on this host, when every device of
+  the search mesh is this host's: each row slice's top-k_local per anchor
+  device, those lists in device order (= anchor order) and the running
+  `carry` before them merged to the top-k, one task per row slice over the
+  host's cores. The same rows, bit for bit, as `device_top_k` followed by
+  the collective merge and `lax.top_k`, without that program: no compile,
+  no copy back to the devices, no collective.
+
+  Returns: (values [Qc, k] float32, indices [Qc, k] int32) on the host.
+  """
+  groups = {}  # first query row -> its anchor devices' blocks, in anchor order
+  for shard, start, block in _blocks(sims, k_local, offset, end):
+    groups.setdefault(shard.index[0].start or 0, []).append((start, block))
+  tasks = [(r0, sorted(blocks, key=lambda b: b[0]), lo, hi)
+           for r0, blocks in groups.items() for lo, hi in _row_slices(blocks[0][1].shape[0])]
+
+  def run(task):
+    r0, blocks, lo, hi = task
+    parts = [_top_k_plus(block[lo:hi], k_local, start) for start, block in blocks]
+    if carry is not None:
+      parts.insert(0, (carry[0][r0 + lo:r0 + hi], carry[1][r0 + lo:r0 + hi]))
+    if len(parts) == 1 and k_local == k:
+      return parts[0]
+    return merge_top_k(np.concatenate([v for v, _ in parts], 1),
+                       np.concatenate([i for _, i in parts], 1), k)
+
+  vals = np.empty((sims.shape[0], k), np.float32)
+  idx = np.empty((sims.shape[0], k), np.int32)
+  for (r0, _, lo, hi), (v, i) in zip(tasks, pool().map(run, tasks)):
+    vals[r0 + lo:r0 + hi], idx[r0 + lo:r0 + hi] = v, i
+  return vals, idx

@@ -29,6 +29,10 @@ Per query chunk, two jitted shard_map programs:
      all devices.
 Anchors that do not fit in memory are streamed chunk by chunk and merged into
 a running top-k (`merge`): candidates are always concatenated in index order.
+When the host takes the top-k and every device of the mesh is its own (one
+process), it also does program 2's merge and the running merge itself
+(`host_topk.local_top_k`, the same bits): no collective, no copy of the
+candidates back to the devices, one program fewer to compile.
 
 Why a query axis: XLA:CPU's top_k is single-threaded and costs more per
 element on shorter rows, so on a CPU host one device per core on the query
@@ -266,6 +270,9 @@ class Searcher:
     if top_k not in TOP_K:
       raise UserError(f"top_k={top_k!r} is not one of {list(TOP_K)}.")
     self.on_cpu = self.mesh.devices.flat[0].platform == "cpu"
+    # Every anchor device's candidates for a row are on this host: the host
+    # top-k merges them itself, with no collective program.
+    self.all_local = all(d.process_index == jax.process_index() for d in self.mesh.devices.flat)
     if top_k == "auto":
       top_k = "host" if self.on_cpu else "xla"
     self.k, self.query_chunk, self.block, self.top_k = k, query_chunk, block, top_k
@@ -333,6 +340,8 @@ class Searcher:
     padded[:n] = queries
     q_dev = [sharding.place(padded[i:i + qc], self.query_rows) for i in range(0, len(padded), qc)]
     carry = [None] * len(q_dev)
+    host = self.top_k == "host"
+    on_host = host and self.all_local  # the whole top-k on this host, carry included
     end = 0
     if start is not None:
       if start.k != self.k:
@@ -341,24 +350,26 @@ class Searcher:
       pad = len(padded) - n
       vals = np.pad(start.sims, ((0, pad), (0, 0)), constant_values=-np.inf)
       idx = np.pad(start.idx, ((0, pad), (0, 0)))
-      carry = [(sharding.place(vals[i:i + qc], self.rows), sharding.place(idx[i:i + qc], self.rows))
-               for i in range(0, len(padded), qc)]
+      put = (lambda x: x) if on_host else (lambda x: sharding.place(x, self.rows))
+      carry = [(put(vals[i:i + qc]), put(idx[i:i + qc])) for i in range(0, len(padded), qc)]
       end = start.num_anchors
     for chunk in chunks:
       if chunk.offset != end:
         raise ValueError(f"anchor chunk starts at {chunk.offset}, expected {end}")
       local_rows = chunk.data.shape[0] // self.anchor_devices
       k_local = min(self.k, local_rows)
-      host = self.top_k == "host"
       program = (_sims_program(self.mesh, local_rows, self.block) if host else
                  _search_program(self.mesh, local_rows, self.block, k_local))
-      gather = _gather_program(self.mesh, self.k)
-      merge = _merge_program(self.mesh, self.k)
       single = self.anchor_devices == 1 and local_rows >= self.k
+      gather, merge = _gather_program(self.mesh, self.k), _merge_program(self.mesh, self.k)
       offset = sharding.place(np.asarray(chunk.offset, np.int32), self.replicated)
       limit = sharding.place(np.asarray(chunk.end, np.int32), self.replicated)
       for i, q in enumerate(q_dev):
         res = program(q, chunk.data, offset, limit)
+        if on_host:
+          carry[i] = host_topk.local_top_k(res, k_local, self.k, chunk.offset, chunk.end,
+                                           carry[i])
+          continue
         if host:
           res = host_topk.device_top_k(res, k_local, chunk.offset, chunk.end,
                                           self.anchor_devices)
@@ -372,8 +383,9 @@ class Searcher:
     if end < self.k:
       raise UserError(f"k={self.k} is larger than the number of anchors ({end}); "
                       f"set --config.asif.k to at most {end} or add anchors.")
-    sims = np.concatenate([sharding.fetch_global(c[0]) for c in carry])[:n]
-    idx = np.concatenate([sharding.fetch_global(c[1]) for c in carry])[:n]
+    fetch = np.asarray if on_host else sharding.fetch_global
+    sims = np.concatenate([fetch(c[0]) for c in carry])[:n]
+    idx = np.concatenate([fetch(c[1]) for c in carry])[:n]
     return TopK(sims=sims, idx=idx, num_anchors=end)
 
 
