@@ -192,7 +192,9 @@ def local_top_k(sims: jax.Array, k_local: int, k: int, offset: int, end: int,
   groups = {}  # first query row -> its anchor devices' blocks, in anchor order
   for shard, start, block in _blocks(sims, k_local, offset, end):
     groups.setdefault(shard.index[0].start or 0, []).append((start, block))
-  tasks = [(r0, sorted(blocks, key=lambda b: b[0]), lo, hi)
+  for blocks in groups.values():
+    blocks.sort(key=lambda b: b[0])  # once per query group, not per row slice
+  tasks = [(r0, blocks, lo, hi)
            for r0, blocks in groups.items() for lo, hi in _row_slices(blocks[0][1].shape[0])]
 
   def run(task):
