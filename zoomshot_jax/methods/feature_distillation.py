@@ -10,6 +10,9 @@ features of each image's prompt):
   i2i          InfoNCE(ẑ_s → ẑ_t), in-batch negatives, one direction
   contrastive  ½ (InfoNCE(ẑ_s → t̂) + InfoNCE(t̂ → ẑ_s))
 with logits scaled by exp(−log_temperature); total (1 − α)·distill + α·contrastive.
+At α = 1 no term reads the teacher's image features, so the step does not run
+its image tower (half the step's time for the demo's student), and the
+teacher terms are not logged.
 """
 
 from __future__ import annotations
@@ -57,11 +60,14 @@ def _info_nce(logits):
 
 
 def terms(zs, zt, text, log_temperature) -> dict:
-  """Every term on normalised features; `text` [B, d] or None (no contrastive)."""
+  """Every term on normalised features; `zt` [B, d] or None (contrastive only),
+  `text` [B, d] or None (no contrastive)."""
   scale = jnp.exp(-log_temperature)
-  out = {"l2": jnp.linalg.norm(zs - zt, axis=-1).mean(),
-         "i2i": _info_nce(scale * zs @ zt.T),
-         "cosine": (zs * zt).sum(-1).mean()}         # logged, never a loss
+  out = {}
+  if zt is not None:
+    out = {"l2": jnp.linalg.norm(zs - zt, axis=-1).mean(),
+           "i2i": _info_nce(scale * zs @ zt.T),
+           "cosine": (zs * zt).sum(-1).mean()}         # logged, never a loss
   if text is not None:
     logits = scale * zs @ text.T
     out["contrastive"] = 0.5 * (_info_nce(logits) + _info_nce(logits.T))
@@ -69,12 +75,11 @@ def terms(zs, zt, text, log_temperature) -> dict:
 
 
 def total(t: dict, hyper: Hyper):
-  distill = t[hyper.distill]
-  if hyper.alpha == 0.0:
-    return distill
   if hyper.alpha == 1.0:
     return t["contrastive"]
-  return (1.0 - hyper.alpha) * distill + hyper.alpha * t["contrastive"]
+  if hyper.alpha == 0.0:
+    return t[hyper.distill]
+  return (1.0 - hyper.alpha) * t[hyper.distill] + hyper.alpha * t["contrastive"]
 
 
 def make_loss_fn(hyper: Hyper, student_embed, teacher_features, student_key: str,
@@ -93,7 +98,10 @@ def make_loss_fn(hyper: Hyper, student_embed, teacher_features, student_key: str
     del rng
     s, model_state = student_embed(params, model_state, batch[student_key])
     zs = ops.l2_normalize(s)
-    zt = ops.l2_normalize(teacher_features(frozen["teacher"], batch[teacher_key]))
+    # At alpha = 1 the teacher's features would only be logged: not worth its
+    # forward pass in every step.
+    zt = (None if hyper.alpha == 1.0 else
+          ops.l2_normalize(teacher_features(frozen["teacher"], batch[teacher_key])))
     text = frozen["text"][batch[text_key]] if hyper.alpha > 0 else None
     log_t = params.get("log_temperature", hyper.log_temperature)
     t = terms(zs, zt, text, log_t)

@@ -193,8 +193,11 @@ def train(config, workdir: str, clip, mesh, hooks=()) -> str:
     frozen["text"] = encode_texts(clip, unique)    # unit norm
   elif h.alpha > 0:
     frozen["text"] = evaluation.build_classifier(clip, prompts, 256, None)
-  logging.info("Teacher features: computed in the step on the %s batch.",
-               "augmented" if config.features.augment else "un-augmented")
+  if h.alpha == 1.0:
+    logging.info("Teacher image features: not needed (alpha = 1, the contrastive term only).")
+  else:
+    logging.info("Teacher features: computed in the step on the %s batch.",
+                 "augmented" if config.features.augment else "un-augmented")
 
   def student_embed(params, model_state, images):
     return models.student.embed(student, params, model_state, spec.normalize(images),
