@@ -7,7 +7,7 @@ image features, export it into CLIP's space, evaluate it zero-shot.
 Steps: the teacher (a CLIP, frozen) and the student (models/student.py) are
 built; the student trains with the shared step and loop (methods/
 feature_distillation.py's loss, the teacher run inside the step on the same
-augmented batch; Orbax checkpoints, exact resume); it is exported to
+augmented batch, or not at all at alpha = 1; Orbax checkpoints, exact resume); it is exported to
 <workdir>/export/student (save_pretrained + head.npz + student.json: a
 vision encoder "student" of the registry, in CLIP space); the evaluators of
 config.evals run on it with the teacher's text tower (and on the teacher,
