@@ -76,7 +76,6 @@ def test_loss_fn_uses_each_images_class_prompt_and_the_learned_temperature():
   assert float(jnp.abs(grads["log_temperature"])) > 0     # the temperature learns
 
 
-
 def test_contrastive_only_loss_never_runs_the_teacher():
   rng = np.random.default_rng(2)
   text, images = (rng.standard_normal((3, 4)).astype(np.float32) for _ in range(2))
@@ -90,6 +89,7 @@ def test_contrastive_only_loss_never_runs_the_teacher():
   zs, txt = _unit(images.astype(np.float64)), _unit(text.astype(np.float64))
   np.testing.assert_allclose(float(loss), 0.5 * (_ce(zs @ txt.T) + _ce(txt @ zs.T)), rtol=1e-5)
   assert set(t) == {"contrastive"}
+
 
 @pytest.mark.parametrize("field,value", [("loss", "mse"), ("alpha", 1.5), ("alpha", -0.1)])
 def test_bad_hyper_is_refused(field, value):

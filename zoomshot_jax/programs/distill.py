@@ -7,11 +7,11 @@ image features, export it into CLIP's space, evaluate it zero-shot.
 Steps: the teacher (a CLIP, frozen) and the student (models/student.py) are
 built; the student trains with the shared step and loop (methods/
 feature_distillation.py's loss, the teacher run inside the step on the same
-augmented batch, or not at all at alpha = 1; Orbax checkpoints, exact resume); it is exported to
-<workdir>/export/student (save_pretrained + head.npz + student.json: a
-vision encoder "student" of the registry, in CLIP space); the evaluators of
-config.evals run on it with the teacher's text tower (and on the teacher,
-with reference_clip).
+augmented batch, or not at all at alpha = 1; Orbax checkpoints, exact
+resume); it is exported to <workdir>/export/student (save_pretrained +
+head.npz + student.json: a vision encoder "student" of the registry, in CLIP
+space); the evaluators of config.evals run on it with the teacher's text
+tower (and on the teacher, with reference_clip).
 
 Workdir: config.json, checkpoints/, export/student/, params.json (student
 vs teacher parameter counts), results.json {"student"|"clip": {dataset:
@@ -193,7 +193,7 @@ def train(config, workdir: str, clip, mesh, hooks=()) -> str:
     frozen["text"] = encode_texts(clip, unique)    # unit norm
   elif h.alpha > 0:
     frozen["text"] = evaluation.build_classifier(clip, prompts, 256, None)
-  if h.alpha == 1.0:
+  if not h.uses_teacher_images:
     logging.info("Teacher image features: not needed (alpha = 1, the contrastive term only).")
   else:
     logging.info("Teacher features: computed in the step on the %s batch.",
