@@ -85,7 +85,7 @@ def test_contrastive_only_loss_never_runs_the_teacher():
 
   loss_fn = fd.make_loss_fn(fd.Hyper(alpha=1.0), lambda p, s, x: (x, s), teacher, "s", "t")
   loss, (t, _) = loss_fn({}, {}, {"s": images, "t": images, "label": np.arange(3)},
-                         {"teacher": None, "text": _unit(text)}, None)
+                         {"text": _unit(text)}, None)
   zs, txt = _unit(images.astype(np.float64)), _unit(text.astype(np.float64))
   np.testing.assert_allclose(float(loss), 0.5 * (_ce(zs @ txt.T) + _ce(txt @ zs.T)), rtol=1e-5)
   assert set(t) == {"contrastive"}

@@ -185,7 +185,9 @@ def train(config, workdir: str, clip, mesh, hooks=()) -> str:
   text_key = "caption" if captions else "label"
   batches = training.ImageBatches(source, {"image": spec}, t.batch_size, config.seed, mesh,
                                   augment=config.features.augment, keep=(text_key,))
-  frozen = {"teacher": clip.params}
+  # At alpha = 1 the step reads no teacher image feature: its weights are
+  # then not a step input (no replicated copy on the mesh).
+  frozen = {"teacher": clip.params} if h.uses_teacher_images else {}
   if h.alpha > 0 and captions:
     unique = list(captions[1])          # in id order (dicts keep insertion order)
     logging.info("Contrastive texts: %d distinct captions of %d images.", len(unique),
