@@ -178,11 +178,23 @@ def test_aligned_arrays_are_used_as_they_are():
     assert y.ctypes.data % 64 == 0 and y.flags.c_contiguous and y.dtype == np.float32
     np.testing.assert_array_equal(y, np.asarray(other, np.float32))
   searcher = relative.Searcher(_mesh(2), k=5, block=8)
-  chunk = searcher.place(lambda a, b: x[a:b], 0, 100, 48)
+  # 99 anchors on 2 devices: 50 rows each (48 floats a row keep any row
+  # aligned), the last one past the anchors' end.
+  chunk = searcher.place(lambda a, b: x[a:b], 0, 99, 48)
   placed = np.asarray(chunk.data)
-  assert placed.shape == (112, 48)                  # 2 devices x 56 rows (blocks of 8)
-  np.testing.assert_array_equal(placed[:100], x)
-  np.testing.assert_array_equal(placed[100:], 0.0)  # the padding
+  assert placed.shape == (100, 48)
+  np.testing.assert_array_equal(placed[:99], x[:99])
+  np.testing.assert_array_equal(placed[99:], 0.0)  # the padding (a copy of 50-98)
+  # An in-memory array: the last device takes the array's last 50 rows (49-98,
+  # 49 masked as device 0's) in place of a zero-padded copy of 50-98.
+  chunk = next(relative.in_memory_chunks(searcher, x[:99]))
+  np.testing.assert_array_equal(chunk.starts, [0, 49])
+  for shard in sorted(chunk.data.addressable_shards, key=lambda s: s.index[0].start):
+    first = int(chunk.starts[shard.index[0].start // 50])
+    assert shard.data.unsafe_buffer_pointer() == x.ctypes.data + first * 48 * 4  # a view
+  # 10 floats a row: 8 rows keep a row 64-byte aligned, so L rounds up to 56.
+  assert searcher.chunk_rows(99, 10) == 112 and searcher.chunk_rows(99, 48) == 100
+  assert searcher.chunk_rows(3, 48) == 16  # at least a block per device
 
 
 def _assert_is_the_exact_top_k(s, k, **kwargs):
@@ -222,6 +234,34 @@ def test_threshold_top_k_equals_a_full_sort_and_lax_top_k(k, stride):
   s[26:30, ::stride] += 100.0                                # the sample sees only the largest
   s[30:34, ::stride] -= 100.0                                # ... or only the smallest
   _assert_is_the_exact_top_k(s, k, stride=stride)
+
+
+@pytest.mark.parametrize("k, stride", [(20, 4), (20, 16), (100, 8), (3500, 4)])
+def test_top_k_of_parts_equals_the_top_k_of_the_concatenated_row(k, stride):
+  """A running top-k's carry (its own indices, sorted by value then index)
+  and three anchor blocks, ties within and across them: the top-k of the
+  concatenated row by (value desc, index asc), the threshold path's ways to
+  the partition path included, and rows shorter than k (3500 > 3400) filled
+  with (-inf, -1). k <= 500 leaves out of the carry only values that cannot
+  be in the top-k, as a real carry does."""
+  rng = np.random.default_rng(5)
+  s = rng.integers(-60, 60, (40, 2900)).astype(np.float32)   # ties everywhere
+  s[:10] = rng.standard_normal((10, 2900)).astype(np.float32)
+  s[10:14, ::stride] += 100.0                                # an unlucky sample
+  s[14, :] = 1.0                                             # one value
+  lower = rng.integers(-60, 60, (40, 500)).astype(np.float32)  # anchors 0-499
+  carry = _brute(lower, min(k, 500))                          # the carry: their top-k
+  parts = [(carry[0], carry[1].astype(np.int32)), (s[:, :1200], 500),
+           (s[:, 1200:1201], 1700), (s[:, 1201:], 1701)]
+  vals, idx = host_topk.top_k_of_parts(parts, k, stride=stride)
+  row = np.concatenate([lower, s], axis=1)
+  ref_vals, ref_idx = _brute(row, min(k, row.shape[1]))
+  if k > row.shape[1]:
+    ref_vals = np.pad(ref_vals, ((0, 0), (0, k - row.shape[1])), constant_values=-np.inf)
+    ref_idx = np.pad(ref_idx, ((0, 0), (0, k - row.shape[1])), constant_values=-1)
+  np.testing.assert_array_equal(idx, ref_idx)
+  np.testing.assert_array_equal(vals, ref_vals)
+  assert idx.dtype == np.int32 and vals.dtype == np.float32
 
 
 @pytest.fixture(scope="module")

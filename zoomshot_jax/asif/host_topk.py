@@ -21,14 +21,7 @@ def exact_top_k(s: np.ndarray, k: int, stride: int = 32) -> tuple[np.ndarray, np
 
   The order `lax.top_k` gives, computed on the host (XLA:CPU's top_k is a
   single-threaded partial sort; NumPy releases the GIL, so rows can be split
-  over threads). Where a row is long against k, a threshold is found cheaply
-  first: the value that about 2 k of the row exceed, read off a strided
-  sample of every `stride`-th column. Every value at or above it is kept
-  (one vectorised compare, about 2 k per row), and the exact top-k of those
-  few is taken; they are in position order, so ties stay so. A row whose
-  threshold keeps fewer than k (an unlucky sample) or more than 8 k (ties),
-  or is padding, goes the exact partition path instead; either way the
-  result is the same bits.
+  over threads). See `top_k_of_parts`, of which this is the one-part case.
 
   Args:
     s: [r, n] float32, n >= k (masked entries at -inf).
@@ -36,38 +29,91 @@ def exact_top_k(s: np.ndarray, k: int, stride: int = 32) -> tuple[np.ndarray, np
   Returns:
     (values [r, k] float32, positions [r, k] int32).
   """
-  r, n = s.shape
+  return top_k_of_parts([(s, 0)], k, stride)
+
+
+def top_k_of_parts(parts: list, k: int, stride: int = 32) -> tuple[np.ndarray, np.ndarray]:
+  """The exact top-k of rows split into parts, as if they were concatenated.
+
+  Each part is (values [r, n_j], index): `index` an int, the first index of
+  the part's contiguous columns, or an int array [r, n_j] of each entry's
+  own index (a running top-k's carry). Among equal values the parts' order,
+  then each part's column order, must be index order (true of anchor blocks
+  in anchor order after a carry of lower anchors, which is sorted by value
+  then index); the result is then (value desc, index asc) per row, the
+  order `lax.top_k` gives on the concatenated row. Rows shorter than k in
+  all are filled with (-inf, -1).
+
+  Where the rows are long against k, a threshold is found cheaply first:
+  the value that about 2 k of a row exceed, read off a strided sample of
+  every `stride`-th column of every part. Every value at or above it is
+  kept (one vectorised compare per part, about 2 k per row in all),
+  gathered per row in part order without concatenating the parts (at 200k
+  anchors a copy of the rows would cost as much as the compares), and the
+  exact top-k of those few is taken. A row whose threshold keeps fewer than
+  k (an unlucky sample) or more than 8 k (ties), or is padding, goes the
+  exact partition path instead; either way the result is the same bits. One
+  selection over all parts, rather than one per part and a merge of their
+  lists, is about a third less work (k = 800, two parts of 10k-100k).
+
+  Returns:
+    (values [r, k] float32, indices [r, k] int32).
+  """
+  r = parts[0][0].shape[0]
+  n = sum(v.shape[1] for v, _ in parts)
   want = -(-2 * k // stride) + 4  # sample values above the threshold
   if k >= n or n // stride < 4 * want:
-    return _partition_top_k(s, k)
-  sample = s[:, ::stride]
+    return _concatenated_top_k(parts, k, np.arange(r))
+  sample = np.concatenate([v[:, ::stride] for v, _ in parts], axis=1)
   m = sample.shape[1]
   thr = np.partition(sample, m - want, axis=1)[:, m - want:m - want + 1]
-  flat = np.flatnonzero(s >= thr)  # row-major: positions ascend within a row
-  rows = flat // n
-  count = np.bincount(rows, minlength=r)
+  flats = [np.flatnonzero(v >= thr) for v, _ in parts]  # row-major: columns ascend in a row
+  counts = [np.bincount(f // v.shape[1], minlength=r) for f, (v, _) in zip(flats, parts)]
+  count = np.sum(counts, axis=0)
   # The slow way for rows the threshold kept fewer than k of (an unlucky
   # sample), or many more (a row of ties), and -inf thresholds (padding).
   slow = (count < k) | (count > 8 * k) | ~np.isfinite(thr[:, 0])
-  if slow.any():
-    keep = ~slow[rows]
-    flat, rows = flat[keep], rows[keep]
-    count[slow] = 0
-  first = np.cumsum(count) - count
-  width = max(int(count.max()), k)
+  fast_count = np.where(slow, 0, count)
+  width = max(int(fast_count.max()), k)
   vals = np.full((r, width), -np.inf, np.float32)
-  pos = np.full((r, width), n, np.int32)
-  within = np.arange(flat.size) - first[rows]
-  vals[rows, within] = s.reshape(-1)[flat]
-  pos[rows, within] = flat - rows * n
-  # The kept are in position order, so the same exact top-k over them keeps
-  # ties in position order; the -inf fill never beats a fast row's k finite.
+  idx = np.full((r, width), -1, np.int32)
+  before = np.zeros(r, np.int64)  # a row's kept entries of the parts before this one
+  for flat, part_count, (v, index) in zip(flats, counts, parts):
+    rows = flat // v.shape[1]
+    if slow.any():
+      keep = ~slow[rows]
+      flat, rows = flat[keep], rows[keep]
+      part_count = np.where(slow, 0, part_count)
+    first = np.cumsum(part_count) - part_count
+    within = np.arange(flat.size) - first[rows] + before[rows]
+    vals[rows, within] = v.reshape(-1)[flat]
+    idx[rows, within] = (index + (flat - rows * v.shape[1]) if np.isscalar(index)
+                         else np.asarray(index).reshape(-1)[flat])
+    before += part_count
+  # The kept are in index order among equal values, so the same exact top-k
+  # over them keeps ties in index order; the -inf fill never beats a fast
+  # row's k finite.
   vals, order = _partition_top_k(vals, k)
-  pos = np.take_along_axis(pos, order, 1)
+  idx = np.take_along_axis(idx, order, 1)
   slow = np.flatnonzero(slow)
   if slow.size:
-    vals[slow], pos[slow] = _partition_top_k(s[slow], k)
-  return vals, pos
+    vals[slow], idx[slow] = _concatenated_top_k(parts, k, slow)
+  return vals, idx
+
+
+def _concatenated_top_k(parts: list, k: int, rows: np.ndarray):
+  """top_k_of_parts for `rows`, by concatenating them (short rows, slow rows)."""
+  vals = [v[rows] for v, _ in parts]
+  idx = [np.broadcast_to(np.arange(v.shape[1], dtype=np.int32) + np.int32(index), v.shape)
+         if np.isscalar(index) else np.asarray(index)[rows] for v, (_, index) in zip(vals, parts)]
+  vals, idx = (vals[0], idx[0]) if len(parts) == 1 else (
+      np.concatenate(vals, axis=1), np.concatenate(idx, axis=1))
+  if vals.shape[1] < k:  # too few entries in all: fill with non-entries
+    fill = ((0, 0), (0, k - vals.shape[1]))
+    vals = np.pad(vals, fill, constant_values=-np.inf)
+    idx = np.pad(idx, fill, constant_values=-1)
+  vals, order = _partition_top_k(vals, k)
+  return vals, np.take_along_axis(idx, order, 1).astype(np.int32)
 
 
 def _partition_top_k(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -117,15 +163,19 @@ def host_cores() -> int:
 _TASK_ROWS = 128
 
 
-def _blocks(sims: jax.Array, k_local: int, offset: int, end: int):
-  """This host's similarity blocks of a query chunk: (shard, first anchor,
-  block) with the padding columns (-inf) left out unless fewer than k_local
-  are real. On a CPU device the block is the device buffer itself."""
+def _blocks(sims: jax.Array, k_local: int, offset: int, end: int, starts: np.ndarray):
+  """This host's similarity blocks of a query chunk: (shard, the global
+  index of its first column, block, its masked leading columns: anchors
+  before the device's own, relative.AnchorChunk) with the padding columns
+  (-inf) past the chunk's end left out unless fewer than k_local are real.
+  On a CPU device the block is the device buffer itself."""
   out = []
   for shard in sims.addressable_shards:
     block = np.asarray(shard.data)
-    start = offset + (shard.index[1].start or 0)
-    out.append((shard, start, block[:, :max(k_local, min(block.shape[1], end - start))]))
+    column = shard.index[1].start or 0
+    start = int(starts[column // block.shape[1]])
+    skip = offset + column - start
+    out.append((shard, start, block[:, :max(k_local, min(block.shape[1], end - start))], skip))
   return out
 
 
@@ -138,20 +188,21 @@ def _top_k_plus(block: np.ndarray, k_local: int, start: int):
   return vals, pos + np.int32(start)
 
 
-def device_top_k(sims: jax.Array, k_local: int, offset: int, end: int,
+def device_top_k(sims: jax.Array, k_local: int, offset: int, end: int, starts: np.ndarray,
                  anchor_devices: int) -> tuple[jax.Array, jax.Array]:
   """Program 1's top-k on the host: each local device's block [rows, L] of
   `sims` (anchors [offset, end) of the chunk, the rest padding), in row
   slices over this host's cores, -> candidates [Qc, A * k_local] (global
   anchor indices), sharded as `sims` (each block's on its device), for the
-  collective merge (relative.py's program 2) when anchor devices span hosts."""
-  blocks = _blocks(sims, k_local, offset, end)
-  tasks = [(n, lo, hi) for n, (_, _, block) in enumerate(blocks)
+  collective merge (relative.py's program 2) when anchor devices span hosts.
+  A device's masked columns are -inf: they come last in its list."""
+  blocks = _blocks(sims, k_local, offset, end, starts)
+  tasks = [(n, lo, hi) for n, (_, _, block, _) in enumerate(blocks)
            for lo, hi in _row_slices(block.shape[0])]
 
   def run(task):
     n, lo, hi = task
-    _, start, block = blocks[n]
+    _, start, block, _ = blocks[n]
     return _top_k_plus(block[lo:hi], k_local, start)
 
   done = list(pool().map(run, tasks))
@@ -159,53 +210,43 @@ def device_top_k(sims: jax.Array, k_local: int, offset: int, end: int,
   out = []
   for j in range(2):  # values, indices
     pieces = [jax.device_put(np.concatenate([d[j] for t, d in zip(tasks, done) if t[0] == n]),
-                             shard.device) for n, (shard, _, _) in enumerate(blocks)]
+                             shard.device) for n, (shard, _, _, _) in enumerate(blocks)]
     out.append(jax.make_array_from_single_device_arrays(shape, sims.sharding, pieces))
   return out[0], out[1]
 
 
-def merge_top_k(vals: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-  """The top-k of candidate lists concatenated in ascending anchor order
-  (so position order is index order among equal values): `lax.top_k`'s merge,
-  with lists shorter than k filled by non-anchors (-inf, index -1)."""
-  if vals.shape[1] < k:
-    fill = k - vals.shape[1]
-    vals = np.pad(vals, ((0, 0), (0, fill)), constant_values=-np.inf)
-    idx = np.pad(idx, ((0, 0), (0, fill)), constant_values=-1)
-  vals, order = exact_top_k(vals, k)
-  return vals, np.take_along_axis(idx, order, 1)
-
-
 def local_top_k(sims: jax.Array, k_local: int, k: int, offset: int, end: int,
-                carry: tuple[np.ndarray, np.ndarray] | None = None
+                starts: np.ndarray, carry: tuple[np.ndarray, np.ndarray] | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
   """A query chunk's global top-k, all on this host, when every device of
-  the search mesh is this host's: each row slice's top-k_local per anchor
-  device, those lists in device order (= anchor order) and the running
-  `carry` before them merged to the top-k, one task per row slice over the
-  host's cores. The same rows, bit for bit, as `device_top_k` followed by
-  the collective merge and `lax.top_k`, without that program: no compile,
-  no copy back to the devices, no collective.
+  the search mesh is this host's: per row slice (one task each over the
+  host's cores), one exact selection over the running `carry` and every
+  anchor device's block, in anchor order (`top_k_of_parts`). The same rows,
+  bit for bit, as `device_top_k` followed by the collective merge and
+  `lax.top_k`, without that program: no compile, no copy back to the
+  devices, no collective, and no per-device top-k lists to merge.
 
   Returns: (values [Qc, k] float32, indices [Qc, k] int32) on the host.
   """
   groups = {}  # first query row -> its anchor devices' blocks, in anchor order
-  for shard, start, block in _blocks(sims, k_local, offset, end):
-    groups.setdefault(shard.index[0].start or 0, []).append((start, block))
+  for shard, start, block, skip in _blocks(sims, k_local, offset, end, starts):
+    # The device's own anchors only: masked columns never beat a real anchor.
+    real = block[:, skip:max(skip, end - start)]
+    if real.shape[1]:
+      groups.setdefault(shard.index[0].start or 0, []).append((real, start + skip))
   for blocks in groups.values():
-    blocks.sort(key=lambda b: b[0])  # once per query group, not per row slice
+    blocks.sort(key=lambda b: b[1])  # once per query group, not per row slice
   tasks = [(r0, blocks, lo, hi)
-           for r0, blocks in groups.items() for lo, hi in _row_slices(blocks[0][1].shape[0])]
+           for r0, blocks in groups.items() for lo, hi in _row_slices(blocks[0][0].shape[0])]
 
   def run(task):
+    # One selection over the carry (lower anchors) and every device's block,
+    # in anchor order: the concatenated row's top-k, without concatenating.
     r0, blocks, lo, hi = task
-    parts = [_top_k_plus(block[lo:hi], k_local, start) for start, block in blocks]
+    parts = [(block[lo:hi], np.int32(start)) for block, start in blocks]
     if carry is not None:
       parts.insert(0, (carry[0][r0 + lo:r0 + hi], carry[1][r0 + lo:r0 + hi]))
-    if len(parts) == 1 and k_local == k:
-      return parts[0]
-    return merge_top_k(np.concatenate([v for v, _ in parts], 1),
-                       np.concatenate([i for _, i in parts], 1), k)
+    return top_k_of_parts(parts, k)
 
   vals = np.empty((sims.shape[0], k), np.float32)
   idx = np.empty((sims.shape[0], k), np.int32)

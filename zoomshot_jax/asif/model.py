@@ -93,9 +93,10 @@ class Asif:
       # _SIMS_BUDGET (all anchors are on the mesh at once here), up to 1024:
       # large steps keep the dots efficient, and 1.6M anchors still fit.
       d = self.searcher.num_devices
-      rows = _SIMS_BUDGET // (4 * self.searcher.chunk_rows(self.num_anchors - start))
+      rows = _SIMS_BUDGET // (4 * self.searcher.chunk_rows(
+          self.num_anchors - start, self.anchors[kind].shape[1]))
       self.searcher.query_chunk = max(d, min(1024, rows) // d * d)
-    chunks = in_memory_chunks(self.searcher, self.anchors[kind][start:], offset=start)
+    chunks = in_memory_chunks(self.searcher, self.anchors[kind], start=start)
     return self.searcher.search(x, chunks, previous)
 
   def scores(self, images: TopK, prompts: TopK) -> np.ndarray:

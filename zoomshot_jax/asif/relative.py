@@ -10,14 +10,20 @@ Layout. The mesh is seen as queries x anchors: a mesh axis named "queries"
 (if the config has one) splits query rows, all other axes together split the
 anchors. With A devices on the anchor axis, anchors [offset, offset + n) are
 one `AnchorChunk`: a [A * L, d] array, anchor-device j holding the contiguous
-rows [offset + j L, offset + (j + 1) L) (replicated over the query axis); rows
-past n are padding and never selected. Queries come in chunks of
-`query_chunk` rows, split over the query axis.
+rows [offset + j L, offset + (j + 1) L) (replicated over the query axis),
+L = ceil(n / A) (at least a block; see `Searcher.chunk_rows`); rows past n
+are padding and never selected. An in-memory array (`in_memory_chunks`)
+is placed without a copy: a device whose rows would run past the array's end
+takes its last L rows instead, starting before its own, and masks those
+(`AnchorChunk.starts`); the rows past a chunk's end are the next chunk's,
+masked. Queries come in chunks of `query_chunk` rows, split over the query
+axis.
 
-Per query chunk, two jitted shard_map programs:
+Per query chunk, two jitted shard_map programs (search_programs.py):
   1. each device computes its similarities in blocks of `block` anchors (one
      dot of the same shape [rows, d] x [d, block] for every block, whatever
-     the sharding, the chunking or the offset, so every similarity has the
+     the sharding, the chunking or the offset — a device's last block
+     starts at L - block — so every similarity has the
      same bits in sharded, streamed, incremental and unsharded runs), and
      takes its local top-min(k, L) with `lax.top_k` — on CPU devices the
      program returns the similarities and each host takes its devices'
@@ -48,22 +54,19 @@ order: the one total order (value desc, index asc) a brute-force sort gives.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Iterable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from zoomshot_jax import sharding
 from zoomshot_jax.asif import host_topk
+from zoomshot_jax.asif.search_programs import (AXIS, QUERY_AXIS, ROWS, gather_program,
+                                               merge_program, search_program, sims_program)
 from zoomshot_jax.errors import UserError
 
-AXIS = "anchors"
-QUERY_AXIS = "queries"
-ROWS = P((QUERY_AXIS, AXIS))  # row-sharded over every device
 TOP_K = ("auto", "host", "xla")
 
 
@@ -91,12 +94,19 @@ class AnchorChunk:
   """Anchors [offset, offset + n) of one modality on the anchor mesh.
 
   data: [A * L, d] float32, split over the anchor axis (replicated over the
-    query axis); rows >= n are padding.
+    query axis).
+  starts: [A] int32, the global index of each anchor device's first row.
+    Device j is meant for anchors [offset + j L, offset + (j + 1) L); its
+    rows are those (and, past the chunk's end, padding or the next anchors,
+    masked) or, on the last device of an in-memory array, the array's last
+    L rows, starting before offset + j L (the rows before are masked): a
+    view of the array either way, where a padded device would be a copy.
   """
 
   data: jax.Array
   offset: int
   n: int
+  starts: np.ndarray
 
   @property
   def end(self) -> int:
@@ -145,99 +155,6 @@ def aligned(x) -> np.ndarray:
   return out
 
 
-# ------------------------------------------------------------------ programs
-# Module-level and cached by their static arguments (a mesh is hashable), so
-# every Searcher on the same mesh and shapes reuses one compilation.
-
-
-def _local_sims(q, a, offset, limit, local_rows: int, block: int):
-  """This device's similarities [rows, L] to its anchors, padding at -inf.
-
-  q [Qc / Q, d] (this query group's rows), a [L, d] (this device's anchors).
-  """
-  start = offset + jax.lax.axis_index(AXIS) * local_rows
-
-  def body(i, buf):
-    blk = jax.lax.dynamic_slice_in_dim(a, i * block, block)
-    s = jnp.einsum("qd,nd->qn", q, blk, precision=jax.lax.Precision.HIGHEST)
-    # Padding rows are never selected; masked here, while the block is hot
-    # in cache (a pass over the whole buffer costs ~15% of a step).
-    gidx = start + i * block + jnp.arange(block, dtype=jnp.int32)
-    s = jnp.where(gidx[None, :] < limit, s, -jnp.inf)
-    return jax.lax.dynamic_update_slice_in_dim(buf, s, i * block, axis=1)
-
-  # Blocks wholly past the last anchor are not computed (a chunk's last
-  # device may hold mostly padding): they keep the buffer's -inf.
-  blocks = jnp.clip((limit - start + block - 1) // block, 0, local_rows // block)
-  sims = jax.lax.fori_loop(0, blocks, body,
-                           jnp.full((q.shape[0], local_rows), -jnp.inf, jnp.float32))
-  return sims, start
-
-
-_IN_SPECS = (P(QUERY_AXIS), P(AXIS), P(), P())
-_BLOCKS = P(QUERY_AXIS, AXIS)  # [Qc, A * x]: rows by query group, columns by anchor device
-
-
-@functools.lru_cache(maxsize=None)
-def _search_program(mesh: Mesh, local_rows: int, block: int, k_local: int):
-  """Program 1 (top_k="xla"): each device's top-min(k, L) candidates,
-  [Qc, A * k_local], rows split over the query axis, columns over the anchor axis."""
-
-  def local(q, a, offset, limit):
-    sims, start = _local_sims(q, a, offset, limit, local_rows, block)
-    vals, pos = jax.lax.top_k(sims, k_local)
-    return vals, start + pos
-
-  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=_IN_SPECS,
-                               out_specs=(_BLOCKS, _BLOCKS), check_vma=False))
-
-
-@functools.lru_cache(maxsize=None)
-def _sims_program(mesh: Mesh, local_rows: int, block: int):
-  """Program 1 (top_k="host"): the similarities themselves, [Qc, A * L]."""
-
-  def local(q, a, offset, limit):
-    return _local_sims(q, a, offset, limit, local_rows, block)[0]
-
-  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=_IN_SPECS, out_specs=_BLOCKS,
-                               check_vma=False))
-
-
-@functools.lru_cache(maxsize=None)
-def _gather_program(mesh: Mesh, k: int):
-  """Program 2: candidates by columns -> the global top-k, sharded by rows.
-
-  A program of its own: on XLA:CPU a collective in the same program as the
-  dots and top_k made the step several times slower.
-  """
-
-  def merge(vals, idx):
-    # Rows split over the anchor devices, candidates concatenated in device
-    # order, i.e. in ascending anchor order (see the module docstring on ties).
-    vals = jax.lax.all_to_all(vals, AXIS, 0, 1, tiled=True)
-    idx = jax.lax.all_to_all(idx, AXIS, 0, 1, tiled=True)
-    if vals.shape[1] < k:  # a chunk of fewer than k anchors: fill with non-anchors
-      vals = jnp.pad(vals, ((0, 0), (0, k - vals.shape[1])), constant_values=-jnp.inf)
-      idx = jnp.pad(idx, ((0, 0), (0, k - idx.shape[1])), constant_values=-1)
-    vals, pos = jax.lax.top_k(vals, k)
-    return vals, jnp.take_along_axis(idx, pos, axis=1)
-
-  return jax.jit(jax.shard_map(merge, mesh=mesh, in_specs=P(QUERY_AXIS, AXIS),
-                               out_specs=ROWS, check_vma=False))
-
-
-@functools.lru_cache(maxsize=None)
-def _merge_program(mesh: Mesh, k: int):
-  """Running top-k (carry: lower anchor indices) + a chunk's top-k -> top-k."""
-
-  def merge(a_vals, a_idx, b_vals, b_idx):
-    vals, pos = jax.lax.top_k(jnp.concatenate([a_vals, b_vals], axis=1), k)
-    return vals, jnp.take_along_axis(jnp.concatenate([a_idx, b_idx], axis=1), pos, axis=1)
-
-  rows = NamedSharding(mesh, ROWS)
-  return jax.jit(merge, in_shardings=rows, out_shardings=rows)
-
-
 class Searcher:
   """Exact top-k search of query rows against anchor chunks on one mesh.
 
@@ -247,7 +164,7 @@ class Searcher:
     k: neighbours kept per row (METHODS.md: 800).
     query_chunk: query rows per step, a multiple of the number of devices.
       Peak memory per device is about query_chunk / Q x L x 4 bytes.
-    block: anchors per similarity dot; rows per device are a multiple of it.
+    block: anchors per similarity dot (a device holds at least one block).
     top_k: where each device's top-k is taken: "xla" (`lax.top_k` in the
       program), "host" (`exact_top_k` on the host's cores) or "auto": host
       on CPU devices, where XLA's top_k runs on one thread, xla elsewhere.
@@ -282,28 +199,54 @@ class Searcher:
 
   # ------------------------------------------------------------ placement
 
-  def chunk_rows(self, n: int) -> int:
-    """Padded size A * L of a chunk holding n anchors (L a multiple of block)."""
-    return self.anchor_devices * _round_up(math.ceil(n / self.anchor_devices), self.block)
+  def chunk_rows(self, n: int, dim: int = 1) -> int:
+    """Size A * L of a chunk holding n anchors of dimension dim: L rows per
+    device, at least one block, rounded up only as far as keeps each
+    device's first row 64-byte aligned in an aligned array (not at all when
+    dim is a multiple of 16 floats), so that it can be used in place."""
+    rows = 16 // math.gcd(dim, 16)
+    return self.anchor_devices * max(
+        self.block, _round_up(math.ceil(n / self.anchor_devices), rows))
 
   def place(self, rows: Callable[[int, int], np.ndarray], offset: int, n: int,
-            dim: int) -> AnchorChunk:
+            dim: int, available: tuple[int, int] | None = None) -> AnchorChunk:
     """Puts anchors [offset, offset + n) on the mesh.
 
     `rows(start, end)` returns float32 [end - start, dim] anchor embeddings
-    for start < end <= offset + n; each host is only asked for the rows of its
-    own devices, so no host holds more than its share. On CPU devices rows
-    that are 64-byte aligned (`aligned`; an aligned array's slices at row
-    multiples of 16 floats are) are used in place, not copied.
+    for start < end <= offset + n, or for any rows in `available` = (first,
+    end) when given (an in-memory array's rows: other anchors than the
+    chunk's are masked in the search). Each host is only asked for the rows
+    of its own devices, so no host holds more than its share. On CPU devices
+    rows that are 64-byte aligned (`aligned`; an aligned array's slices at
+    row multiples of 16 floats are) are used in place, not copied; with
+    `available`, so is a device whose rows run past the chunk's end (it
+    takes the array's rows there, or its last L rows), where it would
+    otherwise be a zero-padded copy.
     """
-    total = self.chunk_rows(n)
+    total = self.chunk_rows(n, dim)
+    local = total // self.anchor_devices
+    starts = np.arange(self.anchor_devices, dtype=np.int64) * local + offset
+    if available is not None:
+      # A device whose rows would run past the array's end takes its last L
+      # rows instead: they start before the device's own, which it masks.
+      over = starts + local > available[1]
+      starts[over] = available[1] - local
+      if (starts < available[0]).any():  # the array is shorter than a device's rows
+        starts = np.arange(self.anchor_devices, dtype=np.int64) * local + offset
+        available = None
     filled = {}
 
     def fill(index):
       lo, hi, _ = index[0].indices(total)
       if (lo, hi) not in filled:  # replicas (over a query axis) read their rows once
         real = max(0, min(hi, n) - lo)
-        if real == hi - lo:  # no padding: the rows as they come, not a copy of them
+        first = int(starts[lo // local])
+        if available is not None and first + local <= available[1]:
+          # The array's rows, past the chunk's end or before the device's own
+          # included (masked): a view, not a zero-padded copy.
+          filled[lo, hi] = aligned(rows(first, first + local)) if self.on_cpu else (
+              np.asarray(rows(first, first + local), np.float32))
+        elif real == hi - lo:  # no padding: the rows as they come, not a copy of them
           block = rows(offset + lo, offset + hi)
           # On CPU an aligned array is used in place; elsewhere device_put
           # copies to the device anyway, and an aligned host copy is waste.
@@ -316,7 +259,7 @@ class Searcher:
       return filled[lo, hi]
 
     data = jax.make_array_from_callback((total, dim), NamedSharding(self.mesh, P(AXIS)), fill)
-    return AnchorChunk(data=data, offset=offset, n=n)
+    return AnchorChunk(data=data, offset=offset, n=n, starts=starts.astype(np.int32))
 
   # ------------------------------------------------------------ searching
 
@@ -358,21 +301,23 @@ class Searcher:
         raise ValueError(f"anchor chunk starts at {chunk.offset}, expected {end}")
       local_rows = chunk.data.shape[0] // self.anchor_devices
       k_local = min(self.k, local_rows)
-      program = (_sims_program(self.mesh, local_rows, self.block) if host else
-                 _search_program(self.mesh, local_rows, self.block, k_local))
+      program = (sims_program(self.mesh, local_rows, self.block) if host else
+                 search_program(self.mesh, local_rows, self.block, k_local))
       single = self.anchor_devices == 1 and local_rows >= self.k
-      gather, merge = _gather_program(self.mesh, self.k), _merge_program(self.mesh, self.k)
+      gather, merge = gather_program(self.mesh, self.k), merge_program(self.mesh, self.k)
       offset = sharding.place(np.asarray(chunk.offset, np.int32), self.replicated)
       limit = sharding.place(np.asarray(chunk.end, np.int32), self.replicated)
+      starts = jax.make_array_from_callback(
+          chunk.starts.shape, NamedSharding(self.mesh, P(AXIS)), lambda idx: chunk.starts[idx])
       for i, q in enumerate(q_dev):
-        res = program(q, chunk.data, offset, limit)
+        res = program(q, chunk.data, offset, limit, starts)
         if on_host:
           carry[i] = host_topk.local_top_k(res, k_local, self.k, chunk.offset, chunk.end,
-                                           carry[i])
+                                           chunk.starts, carry[i])
           continue
         if host:
-          res = host_topk.device_top_k(res, k_local, chunk.offset, chunk.end,
-                                          self.anchor_devices)
+          res = host_topk.device_top_k(res, k_local, chunk.offset, chunk.end, chunk.starts,
+                                       self.anchor_devices)
         if not single:
           # Wait for the collective: XLA:CPU runs each device's program on a
           # shared thread pool, and steps dispatched ahead (no data dependence
@@ -390,11 +335,14 @@ class Searcher:
 
 
 def in_memory_chunks(searcher: Searcher, embeddings: np.ndarray, offset: int = 0,
-                     chunk_size: int = 0) -> Iterable[AnchorChunk]:
-  """Anchor chunks over a host-identical [n, d] array (all of it, or chunk_size at a time)."""
+                     chunk_size: int = 0, start: int = 0) -> Iterable[AnchorChunk]:
+  """Anchor chunks over a host-identical [n, d] array of anchors [offset,
+  offset + n): rows [start, n) of it, all at once or chunk_size at a time.
+  Every device's rows are a view of the array (on CPU devices, when it is
+  64-byte aligned), rows before `start` included where a device reads them."""
   n = embeddings.shape[0]
-  step = chunk_size or n
-  for lo in range(0, n, step):
+  step = chunk_size or max(n - start, 1)
+  for lo in range(start, n, step):
     hi = min(n, lo + step)
     yield searcher.place(lambda a, b: embeddings[a - offset:b - offset], offset + lo,
-                         hi - lo, embeddings.shape[1])
+                         hi - lo, embeddings.shape[1], available=(offset, offset + n))

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from zoomshot_jax import io_utils
-from zoomshot_jax.asif.relative import Searcher
+from zoomshot_jax.asif.relative import Searcher, aligned_empty
 from zoomshot_jax.encoders import params as params_lib
 from zoomshot_jax.errors import UserError
 
@@ -182,13 +182,19 @@ class AnchorStore:
     return out
 
   def rows(self, kind: str, start: int, end: int) -> np.ndarray:
-    """Anchors [start, end) of one array ("image", "text", "caption" or "id")."""
+    """Anchors [start, end) of one array ("image", "text", "caption" or "id").
+    Embeddings come in one 64-byte aligned float32 array, which CPU devices
+    use in place (relative.aligned): one copy out of the shards, not two."""
     out = []
     for i, first, n in self.shards():
       lo, hi = max(start, first), min(end, first + n)
       if lo < hi:
         out.append(self.read_shard(i, kind)[lo - first:hi - first])
-    return np.concatenate(out)
+    if kind not in MODALITIES:
+      return np.concatenate(out)
+    rows = aligned_empty((sum(len(o) for o in out), out[0].shape[1]))
+    np.concatenate(out, out=rows)
+    return rows
 
   def captions(self, indices) -> list[str]:
     """The captions of anchors `indices` (for explanations)."""
@@ -205,7 +211,11 @@ class AnchorStore:
     step = chunk_size or max(n - start, 1)
     for lo in range(start, n, step):
       hi = min(n, lo + step)
-      yield searcher.place(lambda a, b: self.rows(kind, a, b), lo, hi - lo, dim)
+      # Any of the store's rows may be read: a device whose rows run past the
+      # chunk reads the next anchors (or the store's last L rows), masked,
+      # rather than getting a zero-padded copy (relative.AnchorChunk).
+      yield searcher.place(lambda a, b: self.rows(kind, a, b), lo, hi - lo, dim,
+                           available=(0, n))
 
 
 def _describe(info: dict) -> str:
