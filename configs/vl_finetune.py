@@ -124,7 +124,8 @@ def get_config(arg=None):
       "teacher": "" if source == "world" else "openai/clip-vit-base-patch32",
       "rho": 0.5,              # fraction of the teacher's tokens kept (select, clip_td)
       "loss": "cos",           # "cos" (1 - cos) | "l1" (of unit vectors)
-      "schedule": "loss_ratio",  # λ(t): "fixed" | "linear" (decay to 0) | "loss_ratio"
+      # λ(t): "fixed" | "linear" (decay to 0) | "ramp" (0 to λ₀) | "loss_ratio"
+      "schedule": "loss_ratio",
       "lam": 1.0,              # λ₀
       "image_weight": 1.0, "text_weight": 1.0,
       # The student's hidden state distilled: 0 = embeddings, i = after layer i,

@@ -122,6 +122,10 @@ def test_lambda_schedules():
   h = clip_td.Hyper(lam=2.0, schedule="linear", total_steps=10)
   assert float(clip_td.lam_at(h, 4.0, task, distill)) == pytest.approx(1.2)
   assert float(clip_td.lam_at(h, 12.0, task, distill)) == 0.0
+  h = clip_td.Hyper(lam=2.0, schedule="ramp", total_steps=10)   # 0 at the start, λ₀ at T
+  assert float(clip_td.lam_at(h, 0.0, task, distill)) == 0.0
+  assert float(clip_td.lam_at(h, 4.0, task, distill)) == pytest.approx(0.8)
+  assert float(clip_td.lam_at(h, 12.0, task, distill)) == 2.0
   h = clip_td.Hyper(lam=2.0, schedule="fixed")
   assert float(clip_td.lam_at(h, 4.0, task, distill)) == 2.0
 

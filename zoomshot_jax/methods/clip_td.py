@@ -17,7 +17,9 @@ The loss of a batch is  task + λ(t) · mean_i( w_i · d_i )  where, per instanc
   w_i  the teacher's zero-shot confidence (softmax over the instance's
        candidate prompts of exp(logit_scale) · cos(image, prompt), at the
        right one) divided by its batch mean; without weighting 1
-  λ(t) "fixed" λ₀; "linear" λ₀ (1 − t / T); "loss_ratio" λ₀ · sg(task / distill)
+  λ(t) "fixed" λ₀; "linear" λ₀ (1 − t / T); "ramp" λ₀ t / T (ours: the
+       term grows in after the task has started; docs/clip_td.md);
+       "loss_ratio" λ₀ · sg(task / distill)
 VCR: each (image, question, candidate) sequence is distilled; d_i is the mean
 over the example's 4, whose candidate sequences are also the confidence's
 prompts. Modes (config.distill.mode): none (the baseline), naive (all tokens,
@@ -44,7 +46,7 @@ from zoomshot_jax.models import vl_student
 MODES = {"none": (False, False), "naive": (False, False), "select": (True, False),
          "weight": (False, True), "clip_td": (True, True)}   # mode -> (select, weight)
 LOSSES = ("cos", "l1")
-SCHEDULES = ("fixed", "linear", "loss_ratio")
+SCHEDULES = ("fixed", "linear", "ramp", "loss_ratio")
 NEG = -1e30
 
 
@@ -57,7 +59,7 @@ class Hyper:
   lam: float = 1.0                 # λ₀
   image_weight: float = 1.0
   text_weight: float = 1.0
-  total_steps: int = 1             # T of the linear schedule
+  total_steps: int = 1             # T of the linear and ramp schedules
   layer: int = -1                  # the student's hidden state distilled (-1: last layer)
 
   @property
@@ -181,6 +183,8 @@ def lam_at(hyper: Hyper, step, task, distill):
     return jnp.float32(hyper.lam)
   if hyper.schedule == "linear":
     return hyper.lam * jnp.clip(1.0 - step / max(hyper.total_steps, 1), 0.0, 1.0)
+  if hyper.schedule == "ramp":
+    return hyper.lam * jnp.clip(step / max(hyper.total_steps, 1), 0.0, 1.0)
   return hyper.lam * jax.lax.stop_gradient(task / jnp.maximum(distill, 1e-8))
 
 
