@@ -113,7 +113,7 @@ def _concatenated_top_k(parts: list, k: int, rows: np.ndarray):
     vals = np.pad(vals, fill, constant_values=-np.inf)
     idx = np.pad(idx, fill, constant_values=-1)
   vals, order = _partition_top_k(vals, k)
-  return vals, np.take_along_axis(idx, order, 1).astype(np.int32)
+  return vals, np.take_along_axis(idx, order, 1).astype(np.int32, copy=False)
 
 
 def _partition_top_k(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,19 +163,17 @@ def host_cores() -> int:
 _TASK_ROWS = 128
 
 
-def _blocks(sims: jax.Array, k_local: int, offset: int, end: int, starts: np.ndarray):
+def _blocks(sims: jax.Array, offset: int, starts: np.ndarray):
   """This host's similarity blocks of a query chunk: (shard, the global
   index of its first column, block, its masked leading columns: anchors
-  before the device's own, relative.AnchorChunk) with the padding columns
-  (-inf) past the chunk's end left out unless fewer than k_local are real.
-  On a CPU device the block is the device buffer itself."""
+  before the device's own, relative.AnchorChunk). On a CPU device the block
+  is the device buffer itself."""
   out = []
   for shard in sims.addressable_shards:
     block = np.asarray(shard.data)
     column = shard.index[1].start or 0
     start = int(starts[column // block.shape[1]])
-    skip = offset + column - start
-    out.append((shard, start, block[:, :max(k_local, min(block.shape[1], end - start))], skip))
+    out.append((shard, start, block, offset + column - start))
   return out
 
 
@@ -196,13 +194,16 @@ def device_top_k(sims: jax.Array, k_local: int, offset: int, end: int, starts: n
   anchor indices), sharded as `sims` (each block's on its device), for the
   collective merge (relative.py's program 2) when anchor devices span hosts.
   A device's masked columns are -inf: they come last in its list."""
-  blocks = _blocks(sims, k_local, offset, end, starts)
-  tasks = [(n, lo, hi) for n, (_, _, block, _) in enumerate(blocks)
+  # The padding columns (-inf) past the chunk's end are left out unless
+  # fewer than k_local are real.
+  blocks = [(shard, start, block[:, :max(k_local, min(block.shape[1], end - start))])
+            for shard, start, block, _ in _blocks(sims, offset, starts)]
+  tasks = [(n, lo, hi) for n, (_, _, block) in enumerate(blocks)
            for lo, hi in _row_slices(block.shape[0])]
 
   def run(task):
     n, lo, hi = task
-    _, start, block, _ = blocks[n]
+    _, start, block = blocks[n]
     return _top_k_plus(block[lo:hi], k_local, start)
 
   done = list(pool().map(run, tasks))
@@ -210,12 +211,12 @@ def device_top_k(sims: jax.Array, k_local: int, offset: int, end: int, starts: n
   out = []
   for j in range(2):  # values, indices
     pieces = [jax.device_put(np.concatenate([d[j] for t, d in zip(tasks, done) if t[0] == n]),
-                             shard.device) for n, (shard, _, _, _) in enumerate(blocks)]
+                             shard.device) for n, (shard, _, _) in enumerate(blocks)]
     out.append(jax.make_array_from_single_device_arrays(shape, sims.sharding, pieces))
   return out[0], out[1]
 
 
-def local_top_k(sims: jax.Array, k_local: int, k: int, offset: int, end: int,
+def local_top_k(sims: jax.Array, k: int, offset: int, end: int,
                 starts: np.ndarray, carry: tuple[np.ndarray, np.ndarray] | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
   """A query chunk's global top-k, all on this host, when every device of
@@ -229,7 +230,7 @@ def local_top_k(sims: jax.Array, k_local: int, k: int, offset: int, end: int,
   Returns: (values [Qc, k] float32, indices [Qc, k] int32) on the host.
   """
   groups = {}  # first query row -> its anchor devices' blocks, in anchor order
-  for shard, start, block, skip in _blocks(sims, k_local, offset, end, starts):
+  for shard, start, block, skip in _blocks(sims, offset, starts):
     # The device's own anchors only: masked columns never beat a real anchor.
     real = block[:, skip:max(skip, end - start)]
     if real.shape[1]:

@@ -312,7 +312,7 @@ class Searcher:
       for i, q in enumerate(q_dev):
         res = program(q, chunk.data, offset, limit, starts)
         if on_host:
-          carry[i] = host_topk.local_top_k(res, k_local, self.k, chunk.offset, chunk.end,
+          carry[i] = host_topk.local_top_k(res, self.k, chunk.offset, chunk.end,
                                            chunk.starts, carry[i])
           continue
         if host:
