@@ -67,7 +67,8 @@ flags.DEFINE_integer("dim_text", 384, "Text embedding dimension.")
 flags.DEFINE_integer("k", 800, "Anchors kept per row.")
 flags.DEFINE_integer("p", 8, "Power of the kept similarities.")
 flags.DEFINE_integer("query_chunk", 1024, "Our query rows per search step.")
-flags.DEFINE_integer("anchor_block", 4096, "Our anchors per similarity dot.")
+flags.DEFINE_integer("anchor_block", 0, "Our anchors per similarity dot (0: the config's default, "
+                     "1024 on CPU devices, 4096 elsewhere).")
 flags.DEFINE_integer("anchor_chunk", 0, "Ours: stream anchors this many at a time (0: all).")
 flags.DEFINE_integer("devices", 0, "Our XLA CPU devices (0: one per usable core).")
 flags.DEFINE_list("layouts", ["anchors", "queries"],

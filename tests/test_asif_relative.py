@@ -131,6 +131,24 @@ def test_sharded_streamed_and_incremental_are_bit_identical(random_data):
   np.testing.assert_allclose(ref.sims, sims, atol=1e-6)
 
 
+def test_default_block_on_cpu_gives_the_rows_of_any_other_block():
+  """block=0 is 1024 anchors per dot on CPU devices; the rows are those of a
+  4096 block and of a 256 one, bit for bit (3,000 anchors: one block per
+  device at 4096, three at 1024, so both the overlapping last block and a
+  block loop are exercised), and the brute force's."""
+  rng = np.random.default_rng(3)
+  queries, anchors = _unit(rng.standard_normal((40, 48))), _unit(rng.standard_normal((3000, 48)))
+  runs = {}
+  for block in (0, 4096, 256):
+    searcher = relative.Searcher(_mesh(2), k=30, query_chunk=16, block=block)
+    runs[block] = searcher.search(queries, relative.in_memory_chunks(searcher, anchors))
+  assert relative.Searcher(_mesh(2), k=30).block == 1024 == relative.default_block("cpu")
+  for block in (4096, 256):
+    np.testing.assert_array_equal(runs[block].idx, runs[0].idx, err_msg=str(block))
+    np.testing.assert_array_equal(runs[block].sims, runs[0].sims, err_msg=str(block))
+  np.testing.assert_array_equal(runs[0].idx, brute_topk(queries, anchors, 30)[0])
+
+
 def test_asif_api_add_anchors_is_an_update(random_data):
   queries, anchors = random_data
   model = Asif(anchors[:100], anchors[:100, :12], [f"c{i}" for i in range(100)], k=24,
@@ -159,6 +177,8 @@ def test_search_rejects_bad_sizes(random_data):
     relative.Searcher(_mesh(8), k=5, query_chunk=12)
   with pytest.raises(UserError, match=r"top_k='fast' is not one of \['auto', 'host', 'xla'\]"):
     relative.Searcher(_mesh(8), k=5, top_k="fast")
+  with pytest.raises(UserError, match=r"anchor_block=-1 must be positive \(or 0"):
+    relative.Searcher(_mesh(8), k=5, block=-1)
 
 
 def _brute(s, k):

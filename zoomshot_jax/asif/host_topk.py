@@ -78,17 +78,21 @@ def top_k_of_parts(parts: list, k: int, stride: int = 32) -> tuple[np.ndarray, n
   vals = np.full((r, width), -np.inf, np.float32)
   idx = np.full((r, width), -1, np.int32)
   before = np.zeros(r, np.int64)  # a row's kept entries of the parts before this one
+  row_start = np.arange(r, dtype=np.int64) * width
   for flat, part_count, (v, index) in zip(flats, counts, parts):
-    rows = flat // v.shape[1]
+    n_j = v.shape[1]
     if slow.any():
-      keep = ~slow[rows]
-      flat, rows = flat[keep], rows[keep]
+      flat = flat[~slow[flat // n_j]]
       part_count = np.where(slow, 0, part_count)
+    # Each kept entry's place in the flat [r, width] output: its row's start
+    # plus the row's entries of earlier parts plus its rank in this part's
+    # (one repeat per row, not a division and two gathers per entry).
     first = np.cumsum(part_count) - part_count
-    within = np.arange(flat.size) - first[rows] + before[rows]
-    vals[rows, within] = v.reshape(-1)[flat]
-    idx[rows, within] = (index + (flat - rows * v.shape[1]) if np.isscalar(index)
-                         else np.asarray(index).reshape(-1)[flat])
+    dest = np.arange(flat.size) + np.repeat(row_start + before - first, part_count)
+    vals.reshape(-1)[dest] = v.reshape(-1)[flat]
+    idx.reshape(-1)[dest] = (
+        flat - np.repeat(np.arange(r, dtype=np.int64) * n_j - index, part_count)
+        if np.isscalar(index) else np.asarray(index).reshape(-1)[flat])
     before += part_count
   # The kept are in index order among equal values, so the same exact top-k
   # over them keeps ties in index order; the -inf fill never beats a fast

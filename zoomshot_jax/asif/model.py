@@ -36,7 +36,7 @@ class Asif:
 
   def __init__(self, image_anchors, text_anchors, captions: Sequence[str] | None = None,
                k: int = 800, p: float = 8, mesh=None, query_chunk: int | None = None,
-               block: int = 4096, top_k: str = "auto", scoring_impl: str = "auto",
+               block: int = 0, top_k: str = "auto", scoring_impl: str = "auto",
                compilation_cache: str = ""):
     # jax's persistent compilation cache, as every binary has it (a directory,
     # "" = the user cache dir, "none" = off; one the user set in jax is kept):

@@ -155,6 +155,21 @@ def aligned(x) -> np.ndarray:
   return out
 
 
+def default_block(platform: str) -> int:
+  """Anchors per similarity dot when the config leaves it at 0.
+
+  On CPU 1024: XLA:CPU's dots run as fast on [rows, d] x [d, 1024] as on
+  wider blocks (measured 512 to 8192), and a narrow block wastes less on a
+  device's last, overlapping block (at 20k anchors on 2 devices, 4096 made
+  23% of the dot's columns recomputed ones: 0.13 s against 0.105 s). On
+  accelerators 4096: fewer, larger dots per loop step (not measured here).
+  On XLA:CPU a similarity's bits do not depend on the block (512 to 8192
+  gave the same, tested); elsewhere they may, and one block per search
+  keeps sharded, streamed and incremental searches bit-identical.
+  """
+  return 1024 if platform == "cpu" else 4096
+
+
 class Searcher:
   """Exact top-k search of query rows against anchor chunks on one mesh.
 
@@ -164,14 +179,15 @@ class Searcher:
     k: neighbours kept per row (METHODS.md: 800).
     query_chunk: query rows per step, a multiple of the number of devices.
       Peak memory per device is about query_chunk / Q x L x 4 bytes.
-    block: anchors per similarity dot (a device holds at least one block).
+    block: anchors per similarity dot (a device holds at least one block);
+      0 = `default_block(platform)`: 1024 on CPU devices, 4096 elsewhere.
     top_k: where each device's top-k is taken: "xla" (`lax.top_k` in the
       program), "host" (`exact_top_k` on the host's cores) or "auto": host
       on CPU devices, where XLA's top_k runs on one thread, xla elsewhere.
       Both give the same rows, bit for bit.
   """
 
-  def __init__(self, mesh: Mesh, k: int, query_chunk: int = 1024, block: int = 4096,
+  def __init__(self, mesh: Mesh, k: int, query_chunk: int = 1024, block: int = 0,
                top_k: str = "auto"):
     self.mesh = search_mesh(mesh)
     self.num_devices = self.mesh.devices.size
@@ -182,11 +198,12 @@ class Searcher:
       raise UserError(
           f"query_chunk={query_chunk} must be a positive multiple of the number of "
           f"devices ({self.num_devices}), e.g. {_round_up(max(query_chunk, 1), self.num_devices)}.")
-    if block <= 0:
-      raise UserError(f"anchor_block={block} must be positive.")
+    if block < 0:
+      raise UserError(f"anchor_block={block} must be positive (or 0: the backend's default).")
     if top_k not in TOP_K:
       raise UserError(f"top_k={top_k!r} is not one of {list(TOP_K)}.")
     self.on_cpu = self.mesh.devices.flat[0].platform == "cpu"
+    block = block or default_block(self.mesh.devices.flat[0].platform)
     # Every anchor device's candidates for a row are on this host: the host
     # top-k merges them itself, with no collective program.
     self.all_local = all(d.process_index == jax.process_index() for d in self.mesh.devices.flat)
