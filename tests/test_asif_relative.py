@@ -133,9 +133,9 @@ def test_sharded_streamed_and_incremental_are_bit_identical(random_data):
 
 def test_default_block_on_cpu_gives_the_rows_of_any_other_block():
   """block=0 is 1024 anchors per dot on CPU devices; the rows are those of a
-  4096 block and of a 256 one, bit for bit (3,000 anchors: one block per
-  device at 4096, three at 1024, so both the overlapping last block and a
-  block loop are exercised), and the brute force's."""
+  4096 block and of a 256 one, bit for bit (3,000 anchors, 1,500 a device:
+  at 4096 one block a device, wider than its share; at 1024 two, the second
+  overlapping the first; at 256 six), and the brute force's."""
   rng = np.random.default_rng(3)
   queries, anchors = _unit(rng.standard_normal((40, 48))), _unit(rng.standard_normal((3000, 48)))
   runs = {}

@@ -202,8 +202,9 @@ class Searcher:
       raise UserError(f"anchor_block={block} must be positive (or 0: the backend's default).")
     if top_k not in TOP_K:
       raise UserError(f"top_k={top_k!r} is not one of {list(TOP_K)}.")
-    self.on_cpu = self.mesh.devices.flat[0].platform == "cpu"
-    block = block or default_block(self.mesh.devices.flat[0].platform)
+    platform = self.mesh.devices.flat[0].platform
+    self.on_cpu = platform == "cpu"
+    block = block or default_block(platform)
     # Every anchor device's candidates for a row are on this host: the host
     # top-k merges them itself, with no collective program.
     self.all_local = all(d.process_index == jax.process_index() for d in self.mesh.devices.flat)
