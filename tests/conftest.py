@@ -5,15 +5,33 @@ The flag must be set before jax is imported anywhere in the session.
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+# XLA:CPU's LLVM backend at -O0: compiling hundreds of small programs is
+# most of the suite's time, and the tests check values, not speed (the
+# benchmarks in launch/ are never run under it). The VL step compiled
+# standalone: 17.8 s by default, 10.2 s at -O0. (With the older loop emitter
+# too, --xla_cpu_use_fusion_emitters=false, 5.7 s, but the suite was no
+# faster and two CLIP-TD tests that compare programs bit for bit failed.)
+# Subprocesses get the same flags (tests/procs.py);
+# ZOOMSHOT_TEST_XLA_FLAGS="" compiles as users do. An XLA flag a newer
+# jaxlib no longer knows aborts at start-up: drop it here if so.
+os.environ.setdefault("ZOOMSHOT_TEST_XLA_FLAGS", "--xla_backend_optimization_level=0")
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
+                                    os.environ["ZOOMSHOT_TEST_XLA_FLAGS"],
+                                    "--xla_force_host_platform_device_count=8"]).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["ZOOMSHOT_CACHE"] = os.environ.get("ZOOMSHOT_TEST_CACHE", "/tmp/zoomshot_test_cache")
 
 import pytest  # noqa: E402
 
+from zoomshot_jax import compile_cache  # noqa: E402
 from zoomshot_jax.encoders import testing  # noqa: E402
 from zoomshot_jax.tools import toy_assets  # noqa: E402
+
+# The persistent compilation cache in-process too, in the directory the
+# binaries the tests launch use ($ZOOMSHOT_CACHE/jax): tests compile many
+# identical programs (the same tiny models, steps and evaluators) in
+# different test functions and processes.
+compile_cache.setup("")
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +58,8 @@ def image_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def compilation_cache_on():
   """The persistent compilation cache for a module's in-process program runs
-  (the binary turns it on), restored afterwards."""
+  (the binary turns it on), restored afterwards: the tests that count its
+  hits need it on whatever the session's setting."""
   import jax  # pylint: disable=g-import-not-at-top
   from zoomshot_jax import compile_cache  # pylint: disable=g-import-not-at-top
   keys = ("jax_enable_compilation_cache", "jax_compilation_cache_dir",

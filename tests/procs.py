@@ -14,17 +14,25 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def env(devices: int = 1, **extra) -> dict:
+  """A child's environment: this one without JAX_* settings, on `devices`
+  fake CPU devices, with the suite's XLA flags (tests/conftest.py)."""
+  e = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+  flags = os.environ.get("ZOOMSHOT_TEST_XLA_FLAGS", "")
+  e.update({"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}".strip(),
+            "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"})
+  e.update(extra)
+  return e
+
+
 def launch(config, workdir, overrides, devices=1, extra_env=None, module="zoomshot_jax.main"):
   """`python -m <module> --config=config --workdir=workdir --config.k=v...`
   on `devices` fake CPU devices (no --config when config is None); returns the
   Popen (stdout/stderr piped)."""
-  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-  env.update({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-              "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"})
-  env.update(extra_env or {})
+  child_env = env(devices, **(extra_env or {}))
   cmd = ([sys.executable, "-m", module] + ([f"--config={config}"] if config else [])
          + [f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()])
-  return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+  return subprocess.Popen(cmd, env=child_env, cwd=ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
 
 

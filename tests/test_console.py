@@ -49,6 +49,24 @@ def test_setup_sends_logs_and_warnings_to_the_file_only(tmp_path, capfd, absl_on
   assert err == ""
 
 
+def test_cxx_writes_at_import_go_to_the_log(tmp_path, capfd, monkeypatch):
+  """A module that writes to file descriptor 2 itself while it is imported
+  (TensorFlow's oneDNN and CUDA banners bypass sys.stderr) writes into the log."""
+  (tmp_path / "chatty_ext.py").write_text(
+      "import os\nos.write(2, b'a C++ banner at import\\n')\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  console.setup(str(tmp_path / "work"))
+  try:
+    console._import_quietly("chatty_ext")  # pylint: disable=protected-access
+    os.write(2, b"after the import\n")      # fd 2 is the terminal's again
+  finally:
+    console.close()
+    sys.modules.pop("chatty_ext", None)
+  _, err = capfd.readouterr()
+  assert "a C++ banner at import" in (tmp_path / "work" / "log.txt").read_text()
+  assert "a C++ banner at import" not in err and "after the import" in err
+
+
 def test_verbose_setup_shows_the_log_on_stderr(tmp_path, capfd, absl_on_root):
   console.setup(str(tmp_path), verbose=True)
   logging.info("shown when verbose")

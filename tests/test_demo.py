@@ -169,7 +169,10 @@ def test_demo_console_is_short_and_the_chatter_is_in_the_log(demo_run):
   log = _log_of_run(workdir, 0)
   assert "orbax" in log.lower() and "checkpoint_manager.py" in log  # Orbax internals
   assert "] Config:" in log and "ETA" in log                        # our INFO and progress
-  assert "oneDNN" in log and "oneDNN" not in err                   # TensorFlow's C++ banner
+  # TensorFlow's C++ banner: printed on Intel CPUs only (oneDNN is off by
+  # default elsewhere), so its routing is tested in test_console; here only
+  # that it never reaches the terminal.
+  assert "oneDNN" not in err
   assert "Transformers v5" in log and "Transformers v5" not in err  # transformers' notice
 
 

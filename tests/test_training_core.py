@@ -5,6 +5,8 @@ a non-trained model state, a frozen constant and an rng all pass through the
 shared step, so every path a method can take is checked here once.
 """
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -65,6 +67,10 @@ def _fit(mesh, directory, steps=9, hooks=(), state_rules=None, data=None):
   return training.fit(_loss_fn, params, {"scale": np.float32(1.5)}, batches, steps, tx, mesh,
                       str(directory), batch_size=32, model_state=model_state, seed=3,
                       checkpoint_every=3, log_every=3, hooks=hooks, state_rules=state_rules)
+
+
+def _saved_steps(directory) -> list[int]:
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
 
 
 def test_schedules_match_their_formulas():
@@ -137,6 +143,9 @@ def test_resume_is_bit_identical_with_model_state(mesh8, tmp_path):
 
   with pytest.raises(Crash):
     _fit(mesh8, tmp_path / "b", hooks=[crash])
+  # Saved every 3 steps and at the end, nothing else (Orbax's default would
+  # add step 1 of a fresh run).
+  assert _saved_steps(tmp_path / "a") == [3, 6, 9] and _saved_steps(tmp_path / "b") == [3]
   seen = []
   resumed = jax.device_get(_fit(mesh8, tmp_path / "b", hooks=[seen.append]))
   assert seen[0] == 4   # restarted after the step-3 checkpoint

@@ -19,8 +19,14 @@ from zoomshot_jax.errors import UserError
 
 
 def manager(directory: str, every: int, keep: int, config: dict) -> ocp.CheckpointManager:
+  # Orbax's default policy also saves a fresh run's first step
+  # (InitialSavePolicy): a full state nobody asked for, at step 1 of every
+  # run. Ours: every `every` steps (and on preemption); fit() saves the last.
+  policies = ocp.checkpoint_managers
+  policy = policies.AnySavePolicy([policies.FixedIntervalPolicy(max(1, every)),
+                                   policies.PreemptionCheckpointingPolicy()])
   options = ocp.CheckpointManagerOptions(
-      save_interval_steps=max(1, every), max_to_keep=keep,
+      save_decision_policy=policy, max_to_keep=keep,
       enable_async_checkpointing=True, cleanup_tmp_directories=True)
   # The config travels with the checkpoints (Orbax's root metadata).
   return ocp.CheckpointManager(os.path.abspath(directory) if "://" not in directory
