@@ -53,19 +53,3 @@ def image_folder(tmp_path_factory):
   """folder: dataset with 3 classes x 7 images (21: uneven for most batch sizes)."""
   root = tmp_path_factory.mktemp("images")
   return toy_assets.write_image_folder(str(root), per_class=7, seed=0)
-
-
-@pytest.fixture(scope="module")
-def compilation_cache_on():
-  """The persistent compilation cache for a module's in-process program runs
-  (the binary turns it on), restored afterwards: the tests that count its
-  hits need it on whatever the session's setting."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from zoomshot_jax import compile_cache  # pylint: disable=g-import-not-at-top
-  keys = ("jax_enable_compilation_cache", "jax_compilation_cache_dir",
-          "jax_persistent_cache_min_compile_time_secs", "jax_persistent_cache_min_entry_size_bytes")
-  before = {k: getattr(jax.config, k) for k in keys}
-  compile_cache.setup("")
-  yield
-  for k, v in before.items():
-    jax.config.update(k, v)

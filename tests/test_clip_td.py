@@ -27,8 +27,6 @@ from zoomshot_jax.vl import teacher as teacher_lib
 from zoomshot_jax.vl import teacher_cache
 
 
-pytestmark = pytest.mark.usefixtures("compilation_cache_on")
-
 
 @pytest.fixture(scope="module")
 def clip():

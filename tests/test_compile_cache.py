@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import procs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = """
 import json, sys
@@ -22,9 +24,7 @@ print(json.dumps({"path": path, "summary": compile_cache.summary(before),
 
 
 def _run(value):
-  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  out = subprocess.run([sys.executable, "-c", SCRIPT, value], cwd=ROOT, env=env,
+  out = subprocess.run([sys.executable, "-c", SCRIPT, value], cwd=ROOT, env=procs.env(1),
                        capture_output=True, text=True, timeout=120, check=True)
   lines = out.stdout.strip().splitlines()
   return {**json.loads(lines[-1]), "stage_line": lines[-2]}
@@ -69,9 +69,7 @@ model = Asif(rng.standard_normal((64, 8)), rng.standard_normal((64, 6)), k=8, bl
 model.classify(rng.standard_normal((4, 8)), rng.standard_normal((3, 6)))
 print(json.dumps({"dir": jax.config.jax_compilation_cache_dir, **compile_cache.snapshot()}))
 """
-  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             ZOOMSHOT_CACHE=str(tmp_path / "ours"))
+  env = procs.env(1, ZOOMSHOT_CACHE=str(tmp_path / "ours"))
 
   def run(mode):
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path), mode], cwd=ROOT, env=env,

@@ -22,8 +22,6 @@ from zoomshot_jax.vl import pipeline, readers, vqa_eval
 OVERRIDES = {"vqa": {}, "snli_ve": {}, "vcr": {"evals.vl.batch_size": 16}}
 
 
-pytestmark = pytest.mark.usefixtures("compilation_cache_on")
-
 
 def _config(task, /, **overrides):
   c = vl_config.get_config(f"{task},world,tiny")
