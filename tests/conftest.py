@@ -34,6 +34,25 @@ from zoomshot_jax.tools import toy_assets  # noqa: E402
 compile_cache.setup("")
 
 
+# xdist hands out whole modules (pytest.ini: --dist loadfile), so a module's
+# fixtures run once, on one worker. Under `load`, the default, nothing keeps a
+# module together: in one run both workers ran the micro demo's fixture.
+# loadgroup would be finer but silently groups nothing under pytest 9.2
+# (pytest-xdist issue #1386: xdist 3.8 renames `item._nodeid`, which pytest no
+# longer reads). The longest modules go first (seconds on the 2-core CI
+# machine, 2026-12-03: demo 280-350, distill 240, zoomshot 145, then 50-100
+# each), so they run beside the short ones rather than after them.
+FIRST = ("test_demo.py", "test_distill.py", "test_zoomshot.py", "test_clip_td.py",
+         "test_vl_finetune.py", "test_asif_main.py", "test_main.py", "test_demo_shipped.py",
+         "test_encoders.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  rank = {f"tests/{name}": i for i, name in enumerate(FIRST)}
+  items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(FIRST)))  # stable
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
   """A random tiny CLIP (weights, tokenizer, preprocessor config) on disk."""

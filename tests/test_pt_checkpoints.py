@@ -220,6 +220,43 @@ def test_flax_weights_take_precedence(tiny_vision_dirs, tmp_path):
                     load_vision_encoder("dinov2", src).variables)
 
 
+@pytest.mark.parametrize("shards", [1, 2])
+def test_dinov2_from_pytorch_bin_with_torch(tiny_vision_dirs, tmp_path, shards):
+  """Legacy .bin weights (torch.save's pickles, sharded as transformers shards
+  them) read with torch but converted without transformers' torch side (the
+  binaries run it with USE_TORCH=0); a bfloat16 weight keeps its values."""
+  torch = pytest.importorskip("torch")
+  src = tiny_vision_dirs["dinov2"]
+  state = _pytorch_state_dict(_flax_weights(src))
+  key = "encoder.layer.0.mlp.fc1.weight"
+  tensors = {k: torch.from_numpy(v) for k, v in state.items()}
+  tensors[key] = tensors[key].to(torch.bfloat16)
+  checkpoint = str(tmp_path / "dinov2_bin")
+  shutil.copytree(src, checkpoint, ignore=shutil.ignore_patterns("flax_model.msgpack"))
+  if shards == 1:
+    torch.save(tensors, os.path.join(checkpoint, "pytorch_model.bin"))
+  else:
+    keys = sorted(tensors)
+    weight_map = {}
+    for i, part in enumerate(np.array_split(np.arange(len(keys)), shards)):
+      name = f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin"
+      torch.save({keys[j]: tensors[keys[j]] for j in part}, os.path.join(checkpoint, name))
+      weight_map.update({keys[j]: name for j in part})
+    with open(os.path.join(checkpoint, "pytorch_model.bin.index.json"), "w") as f:
+      json.dump({"metadata": {}, "weight_map": weight_map}, f)
+
+  ours = traverse_util.flatten_dict(load_vision_encoder("dinov2", checkpoint).variables)
+  ref = traverse_util.flatten_dict(load_vision_encoder("dinov2", src).variables)
+  assert set(ours) == set(ref)
+  fc1 = ("params", "encoder", "layer", "0", "mlp", "fc1", "kernel")
+  for k in ref:
+    want = np.asarray(ref[k])
+    if k == fc1:  # the checkpoint's bfloat16 values, exactly (loaded as float32)
+      want = want.astype(jax.numpy.bfloat16).astype(want.dtype)
+      assert not np.array_equal(want, np.asarray(ref[k]))  # rounding changed it
+    np.testing.assert_array_equal(np.asarray(ours[k], want.dtype), want, err_msg=str(k))
+
+
 @pytest.mark.parametrize("filename", ["pytorch_model.bin", "pytorch_model.bin.index.json"])
 def test_pytorch_bin_without_torch_is_a_clear_error(tiny_vision_dirs, tmp_path, monkeypatch,
                                                     filename):

@@ -72,6 +72,10 @@ def main(argv):
     config.program  # pylint: disable=pointless-statement
   except OSError as e:  # the config file itself could not be loaded (lazily reported)
     _fail(f"--config: {_one_line(str(e))}")
+  # transformers imports torch at start-up wherever it is installed (4 s of
+  # every run on a 2-core host) and nothing here uses its torch side: legacy
+  # .bin checkpoints are read with torch by encoders/params.py itself.
+  os.environ.setdefault("USE_TORCH", "0")
   try:
     console.setup(FLAGS.workdir, verbose=verbose())
     logging.info("Compilation cache: %s.",

@@ -264,7 +264,16 @@ def _read_pytorch(path, kind):
     with safe_open(path, framework="flax") as f:
       return {k: f.get_tensor(k) for k in f.keys()}
   import torch  # pylint: disable=g-import-not-at-top
-  from transformers.utils import check_torch_load_is_safe  # pylint: disable=g-import-not-at-top
 
-  check_torch_load_is_safe()
-  return torch.load(path, map_location="cpu", weights_only=True)
+  # transformers' rule (CVE-2025-32434: torch.load is unsafe before 2.6 even
+  # with weights_only), checked here because the binaries run transformers
+  # with USE_TORCH=0 (main.py), where its own check reports every torch as old.
+  if tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < (2, 6):
+    raise UserError(f"{path}: reading PyTorch .bin weights safely needs torch >= 2.6 "
+                    f"(this is {torch.__version__}): pip install -U torch, or convert the "
+                    "checkpoint to safetensors.")
+  state = torch.load(path, map_location="cpu", weights_only=True)
+  # As numpy arrays (bfloat16 as ml_dtypes' through its bits, numpy has none),
+  # so HF's converter needs no torch and keeps each weight's dtype.
+  return {k: (v.view(torch.int16).numpy().view(jnp.bfloat16) if v.dtype == torch.bfloat16
+              else v.numpy()) for k, v in state.items()}
