@@ -257,6 +257,21 @@ def test_dinov2_from_pytorch_bin_with_torch(tiny_vision_dirs, tmp_path, shards):
     np.testing.assert_array_equal(np.asarray(ours[k], want.dtype), want, err_msg=str(k))
 
 
+def test_pytorch_bin_with_a_torch_before_2_6_is_a_clear_error(tiny_vision_dirs, tmp_path,
+                                                              monkeypatch):
+  """torch.load is unsafe before 2.6 even with weights_only (CVE-2025-32434):
+  refused before the file is read, naming the file and the fix."""
+  torch = pytest.importorskip("torch")
+  monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
+  checkpoint = str(tmp_path / "bin")
+  shutil.copytree(tiny_vision_dirs["dinov2"], checkpoint,
+                  ignore=shutil.ignore_patterns("flax_model.msgpack"))
+  with open(os.path.join(checkpoint, "pytorch_model.bin"), "wb") as f:
+    f.write(b"not read: the version is checked first")
+  with pytest.raises(UserError, match=r"pytorch_model\.bin: .*torch >= 2\.6 \(this is 2\.5\.1"):
+    load_vision_encoder("dinov2", checkpoint)
+
+
 @pytest.mark.parametrize("filename", ["pytorch_model.bin", "pytorch_model.bin.index.json"])
 def test_pytorch_bin_without_torch_is_a_clear_error(tiny_vision_dirs, tmp_path, monkeypatch,
                                                     filename):
