@@ -81,23 +81,28 @@ def _pytorch_state_dict(variables):
   return state
 
 
-def _save_pytorch(src, dst, state, shards=1):
+def _save_pytorch(src, dst, state, shards=1, save=None):
   """Copies `src` (config, tokenizer, preprocessor) to `dst` without its Flax
   weights and writes `state` as model.safetensors or as `shards` shards with
-  model.safetensors.index.json, as transformers does."""
+  model.safetensors.index.json, as transformers does; with `save` (torch.save)
+  as pytorch_model.bin files instead, `state` holding torch tensors."""
   shutil.copytree(src, dst, ignore=shutil.ignore_patterns("flax_model.msgpack"))
+  if save is None:
+    stem, ext = "model", "safetensors"
+    save = lambda part, path: save_file(part, path, metadata={"format": "pt"})
+  else:
+    stem, ext = "pytorch_model", "bin"
   if shards == 1:
-    save_file(state, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+    save(state, os.path.join(dst, f"{stem}.{ext}"))
     return dst
   keys = sorted(state)
   weight_map = {}
   for i, part in enumerate(np.array_split(np.arange(len(keys)), shards)):
-    name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-    save_file({keys[j]: state[keys[j]] for j in part}, os.path.join(dst, name),
-              metadata={"format": "pt"})
+    name = f"{stem}-{i + 1:05d}-of-{shards:05d}.{ext}"
+    save({keys[j]: state[keys[j]] for j in part}, os.path.join(dst, name))
     weight_map.update({keys[j]: name for j in part})
   total = sum(x.nbytes for x in state.values())
-  with open(os.path.join(dst, "model.safetensors.index.json"), "w") as f:
+  with open(os.path.join(dst, f"{stem}.{ext}.index.json"), "w") as f:
     json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f)
   return dst
 
@@ -231,19 +236,7 @@ def test_dinov2_from_pytorch_bin_with_torch(tiny_vision_dirs, tmp_path, shards):
   key = "encoder.layer.0.mlp.fc1.weight"
   tensors = {k: torch.from_numpy(v) for k, v in state.items()}
   tensors[key] = tensors[key].to(torch.bfloat16)
-  checkpoint = str(tmp_path / "dinov2_bin")
-  shutil.copytree(src, checkpoint, ignore=shutil.ignore_patterns("flax_model.msgpack"))
-  if shards == 1:
-    torch.save(tensors, os.path.join(checkpoint, "pytorch_model.bin"))
-  else:
-    keys = sorted(tensors)
-    weight_map = {}
-    for i, part in enumerate(np.array_split(np.arange(len(keys)), shards)):
-      name = f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin"
-      torch.save({keys[j]: tensors[keys[j]] for j in part}, os.path.join(checkpoint, name))
-      weight_map.update({keys[j]: name for j in part})
-    with open(os.path.join(checkpoint, "pytorch_model.bin.index.json"), "w") as f:
-      json.dump({"metadata": {}, "weight_map": weight_map}, f)
+  checkpoint = _save_pytorch(src, str(tmp_path / "dinov2_bin"), tensors, shards, torch.save)
 
   ours = traverse_util.flatten_dict(load_vision_encoder("dinov2", checkpoint).variables)
   ref = traverse_util.flatten_dict(load_vision_encoder("dinov2", src).variables)
