@@ -40,8 +40,8 @@ compile_cache.setup("")
 # loadgroup would be finer but silently groups nothing under pytest 9.2
 # (pytest-xdist issue #1386: xdist 3.8 renames `item._nodeid`, which pytest no
 # longer reads). The longest modules go first (seconds on the 2-core CI
-# machine, 2026-12-03: demo 280-350, distill 240, zoomshot 145, then 50-100
-# each), so they run beside the short ones rather than after them.
+# machine, 2026-12-03: demo 240-250, distill 215-240, zoomshot 130-145, then
+# 50-100 each), so they run beside the short ones rather than after them.
 FIRST = ("test_demo.py", "test_distill.py", "test_zoomshot.py", "test_clip_td.py",
          "test_vl_finetune.py", "test_asif_main.py", "test_main.py", "test_demo_shipped.py",
          "test_encoders.py")
