@@ -80,3 +80,19 @@ print(json.dumps({"dir": jax.config.jax_compilation_cache_dir, **compile_cache.s
   assert first["dir"] == str(tmp_path / "ours" / "jax") and first["hits"] == 0
   assert second["compiles"] == first["compiles"] >= 2 and second["hits"] == second["compiles"]
   assert run("user")["dir"] == str(tmp_path / "user")
+
+
+def test_other_processes_are_told_the_cache_is_read_only_for_them(monkeypatch):
+  """JAX writes cache entries from process 0 only: the other processes' logs
+  say so, and where their cache has to be for them to read it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from zoomshot_jax import compile_cache  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(jax, "process_count", lambda: 4)
+  for index, told in ((0, False), (3, True)):
+    monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+    note = compile_cache.process_note("/local/cache")
+    assert (note is not None) == told
+  assert "process 3" in note and "/local/cache" in note and "process 0 only" in note
+  assert compile_cache.process_note(None) is None           # the cache is off
+  monkeypatch.setattr(jax, "process_count", lambda: 1)
+  assert compile_cache.process_note("/local/cache") is None  # one process

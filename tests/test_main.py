@@ -51,6 +51,10 @@ def test_one_process_equals_two_processes(tiny_clip_dir, image_folder, tmp_path)
   assert {"config.json", "results.json", "predictions"} <= set(files)
   assert any(f.startswith("events.out.tfevents") for f in files)
   assert not [f for f in files if ".tmp-" in f]
+  # Process 1's log says the compilation cache is read-only there (JAX's rule).
+  told = "writes entries from process 0 only"
+  assert told in (tmp_path / "multi" / "log.process1.txt").read_text()
+  assert told not in (tmp_path / "multi" / "log.txt").read_text()
   saved = json.loads((tmp_path / "single" / "config.json").read_text())
   assert saved["clip"] == tiny_clip_dir and saved["evals"]["zeroshot"]["batch_size"] == 4
 

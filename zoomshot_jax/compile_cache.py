@@ -4,7 +4,8 @@
 (`$ZOOMSHOT_CACHE` or `~/.cache/zoomshot_jax`, under `jax/`), a path
 (`gs://` works, shared by every worker of a pod), or "none" to switch it off.
 A second run of a binary on the same machine then loads its executables
-instead of compiling them again. Every compilation is counted (jax's
+instead of compiling them again (on a pod, the workers other than process 0
+only from a shared path: `process_note`). Every compilation is counted (jax's
 monitoring events), so each console stage can say how many of its
 compilations came from the cache and how long compiling took.
 """
@@ -78,6 +79,24 @@ def setup_unless_set(value: str = "") -> str | None:
   if current and value != "none":
     return current
   return setup(value)
+
+
+def process_note(path: str | None) -> str | None:
+  """What the cache does on this process of a multi-process run, for its log
+  (None on process 0, in a one-process run, or with the cache off).
+
+  JAX writes cache entries from process 0 only (jax/_src/compiler.py), so on
+  a pod the other workers read them only from a directory they share with it;
+  with the default per-host directory they compile every run, which a repeated
+  run's stage lines on those workers show as "0 from the cache".
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if path is None or jax.process_count() == 1 or jax.process_index() == 0:
+    return None
+  return (f"Compilation cache on process {jax.process_index()}: read-only (JAX writes "
+          f"entries from process 0 only). This process loads them only where {path} is "
+          "process 0's cache too (a gs:// path or a shared filesystem); a per-host directory "
+          "is never filled here, so this process compiles every run.")
 
 
 def snapshot() -> dict:

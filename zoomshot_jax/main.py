@@ -78,9 +78,11 @@ def main(argv):
   os.environ.setdefault("USE_TORCH", "0")
   try:
     console.setup(FLAGS.workdir, verbose=verbose())
-    logging.info("Compilation cache: %s.",
-                 compile_cache.setup(config.get("compilation_cache", "")) or "off")
+    cache_dir = compile_cache.setup(config.get("compilation_cache", ""))
+    logging.info("Compilation cache: %s.", cache_dir or "off")
     sharding.initialize_distributed()
+    if note := compile_cache.process_note(cache_dir):
+      logging.info("%s", note)
     if config.program not in PROGRAMS:
       raise UserError(f"config.program={config.program!r} is not one of {sorted(PROGRAMS)}.")
     program = importlib.import_module(PROGRAMS[config.program])
