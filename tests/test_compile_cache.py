@@ -2,12 +2,9 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import procs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = """
 import json, sys
 from zoomshot_jax import compile_cache, console
@@ -24,8 +21,7 @@ print(json.dumps({"path": path, "summary": compile_cache.summary(before),
 
 
 def _run(value):
-  out = subprocess.run([sys.executable, "-c", SCRIPT, value], cwd=ROOT, env=procs.env(1),
-                       capture_output=True, text=True, timeout=120, check=True)
+  out = procs.run(["-c", SCRIPT, value], timeout=120, check=True)
   lines = out.stdout.strip().splitlines()
   return {**json.loads(lines[-1]), "stage_line": lines[-2]}
 
@@ -72,8 +68,7 @@ print(json.dumps({"dir": jax.config.jax_compilation_cache_dir, **compile_cache.s
   env = procs.env(1, ZOOMSHOT_CACHE=str(tmp_path / "ours"))
 
   def run(mode):
-    out = subprocess.run([sys.executable, "-c", script, str(tmp_path), mode], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120, check=True)
+    out = procs.run(["-c", script, str(tmp_path), mode], env, timeout=120, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
   first, second = run("ours"), run("ours")

@@ -4,14 +4,13 @@ words are refused, no machine's paths, and toy_root moving toy's paths."""
 import glob
 import itertools
 import os
-import subprocess
-import sys
 
 import ml_collections
 import pytest
 from absl import flags
 from ml_collections import config_flags
 
+import procs
 from zoomshot_jax.configs import (asif, common, demo, distill, text_to_concept, vl_finetune,
                                   zeroshot_eval, zoomshot)
 from zoomshot_jax.world import render
@@ -274,10 +273,8 @@ def test_toy_root_moves_every_derived_path():
 
 
 def test_binary_reports_a_bad_word_in_one_line(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, "-m", "zoomshot_jax.main", "--config=configs/zeroshot_eval.py:b16,b32",
-       f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-      check=False)
+  proc = procs.run(["-m", "zoomshot_jax.main", "--config=configs/zeroshot_eval.py:b16,b32",
+                    f"--workdir={tmp_path}"], timeout=120)
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = [l for l in proc.stderr.splitlines() if l.startswith("zoomshot_jax: error:")]
   assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]

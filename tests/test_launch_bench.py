@@ -8,7 +8,8 @@ benchmark runs; the scripts start in parallel (under 5 s in all).
 
 import os
 import subprocess
-import sys
+
+import procs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,11 +35,9 @@ SCRIPTS = {
 
 def test_bench_scripts_parse_their_flags():
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  procs = {name: subprocess.Popen(
-      [sys.executable, os.path.join(ROOT, "launch", name), *flags, "--help"],
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-           for name, flags in SCRIPTS.items()}
-  for name, proc in procs.items():
+  running = {name: procs.popen([os.path.join(ROOT, "launch", name), *flags, "--help"], env)
+             for name, flags in SCRIPTS.items()}
+  for name, proc in running.items():
     out, err = proc.communicate(timeout=60)
     assert proc.returncode in (0, 1), (name, err[-2000:])
     assert "Flags parsing error" not in err and "Traceback" not in err, (name, err[-2000:])

@@ -3,8 +3,6 @@
 import itertools
 import json
 import os
-import subprocess
-import sys
 import types
 
 import numpy as np
@@ -81,9 +79,8 @@ def test_prompts_command_writes_jsonl_and_refuses_bad_files(tmp_path):
   assert [json.loads(l)["prompt"] for l in out.read_text().splitlines()] == [
       "a cat, here", "a cat, there", "a dog, here", "a dog, there"]
   spec.write_text("{not json")
-  r = subprocess.run([sys.executable, "-m", "zoomshot_jax.tools.synthetic", "prompts",
-                      f"--attributes={spec}", f"--out={out}"],
-                     capture_output=True, text=True, cwd=procs.ROOT)
+  r = procs.run(["-m", "zoomshot_jax.tools.synthetic", "prompts", f"--attributes={spec}",
+                 f"--out={out}"])
   assert r.returncode == 2 and "is not JSON" in r.stderr and "Traceback" not in r.stderr
 
 

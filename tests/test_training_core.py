@@ -230,3 +230,26 @@ def test_optimizer_group_is_complete_and_checked():
   with pytest.raises(KeyError, match="lr"):
     common.optimizer(lr=1.0)
   assert isinstance(training.make_optimizer(common.optimizer(), 5), optax.GradientTransformation)
+
+
+def test_saving_a_replicated_state_on_one_host_compiles_nothing(mesh8, tmp_path):
+  """Orbax's replica-parallel save would compile one slice program per array
+  shape to split the writing between replicas that one process writes anyway
+  (training/checkpoints.py); the restored state is the saved one."""
+  from zoomshot_jax import compile_cache  # pylint: disable=g-import-not-at-top
+  from zoomshot_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  rep = sharding.replicated(mesh8)
+  state = sharding.place({"params": {"a": np.arange(64, dtype=np.float32).reshape(8, 8),
+                                     "b": np.ones(24, np.float32), "c": np.ones((8, 3, 5))},
+                          "step": np.int32(3)}, rep)
+  mngr = checkpoints.manager(str(tmp_path), every=1, keep=1, config={})
+  before = compile_cache.snapshot()
+  mngr.save(3, args=checkpoints.ocp.args.StandardSave(state), force=True)
+  mngr.wait_until_finished()
+  assert compile_cache.snapshot()["compiles"] == before["compiles"]
+  zeros = jax.tree.map(lambda x: jnp.zeros_like(x, device=rep), state)
+  restored, step = checkpoints.restore_latest(mngr, zeros)
+  assert step == 3
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  mngr.close()
