@@ -4,8 +4,8 @@ A launch is a fork of a per-worker forkserver that has imported the heavy
 libraries once (tests/zygote.py), running the binary's module as `__main__`
 with the child's own environment, working directory, argv and stdout/stderr,
 as `python -m` would. ZOOMSHOT_TEST_FORK=0 launches fresh interpreters
-instead; tests/test_console.py always does (what a fresh interpreter prints
-at start-up is what it checks).
+instead; tests/test_console.py's quiet run always does (what a fresh
+interpreter prints at start-up is what it checks).
 """
 
 import atexit

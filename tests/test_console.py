@@ -143,10 +143,14 @@ def test_workdir_that_is_a_file_is_one_line_and_exit_2(tmp_path):
   assert "is a file, expected a directory" in err
 
 
-def _main(*args):
-  """`python -m zoomshot_jax.main ARGS` on one CPU device: (code, stdout, stderr)."""
+def _main(*args, fresh=True):
+  """`python -m zoomshot_jax.main ARGS` on one CPU device: (code, stdout, stderr).
+  `fresh`: in a new interpreter, not a fork of the tests' forkserver (which has
+  imported TensorFlow already: its start-up output is what is checked)."""
   # TensorFlow at its own log level: its chatter is what must stay off the terminal.
   env = {k: v for k, v in procs.env(1).items() if not k.startswith("TF_CPP")}
+  if not fresh:
+    return procs.popen(["-m", "zoomshot_jax.main", *args], env)
   return subprocess.Popen([sys.executable, "-m", "zoomshot_jax.main", *args], env=env, cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -156,7 +160,8 @@ def test_binary_logs_to_the_file_and_alsologtostderr_shows_it(tmp_path):
   the one-line error, log.txt the INFO logs and TensorFlow's C++ banners."""
   args = [f"--config={CONFIG}", f"--config.clip={tmp_path / 'no_such_clip'}"]
   quiet = _main(*args, f"--workdir={tmp_path / 'quiet'}")
-  loud = _main(*args, f"--workdir={tmp_path / 'loud'}", "--alsologtostderr")
+  # With --alsologtostderr everything is shown; what it checks needs no fresh start.
+  loud = _main(*args, f"--workdir={tmp_path / 'loud'}", "--alsologtostderr", fresh=False)
   (code, out, err), (loud_code, _, loud_err) = procs.wait(quiet), procs.wait(loud)
   assert code == loud_code == 2, err[-2000:]
   assert len(err.splitlines()) == 1 and err.startswith("zoomshot_jax: error:"), err[-2000:]
