@@ -9,6 +9,7 @@ interpreter prints at start-up is what it checks).
 """
 
 import atexit
+import functools
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -68,39 +69,35 @@ def run(argv, child_env=None, cwd=ROOT, timeout=300, check=False):
   return subprocess.CompletedProcess(argv, code, out, err)
 
 
-_forkserver = []
-
-
+@functools.cache
 def _context():
   """multiprocessing's forkserver, started now, having imported tests/zygote.py."""
-  if not _forkserver:
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["zygote"])
-    # The server is a fresh interpreter with this environment; Python 3.11
-    # ignores the sys.path it is sent, and its preload ignores ImportError.
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), ROOT]
-                                               + ([saved] if saved else []))
-    try:
-      multiprocessing.forkserver.ensure_running()
-    finally:
-      if saved is None:
-        del os.environ["PYTHONPATH"]
-      else:
-        os.environ["PYTHONPATH"] = saved
-    _forkserver.append(context)
-  return _forkserver[0]
+  context = multiprocessing.get_context("forkserver")
+  context.set_forkserver_preload(["zygote"])
+  # The server is a fresh interpreter with this environment; Python 3.11
+  # ignores the sys.path it is sent, and its preload ignores ImportError.
+  saved = os.environ.get("PYTHONPATH")
+  os.environ["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), ROOT]
+                                             + ([saved] if saved else []))
+  try:
+    multiprocessing.forkserver.ensure_running()
+  finally:
+    if saved is None:
+      del os.environ["PYTHONPATH"]
+    else:
+      os.environ["PYTHONPATH"] = saved
+  return context
 
 
 def _main(argv, child_env, cwd, out_path, err_path):
   """In the forked child: what `python *argv` does, in this process."""
-  if "zygote" not in sys.modules:
+  for fd, path in ((1, out_path), (2, err_path)):
+    os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+  if "zygote" not in sys.modules:  # after the redirect: the test shows why
     raise RuntimeError("the forkserver did not import tests/zygote.py")
   os.environ.clear()
   os.environ.update(child_env)
   os.chdir(cwd)
-  for fd, path in ((1, out_path), (2, err_path)):
-    os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
   code = 0
   try:
     if argv[0] == "-m":

@@ -9,11 +9,13 @@ child picks its device count (XLA_FLAGS) and multi-host settings when it
 first uses one.
 """
 
+import importlib
 import os
 
 # As the binaries have them before these imports (zoomshot_jax/main.py sets
 # USE_TORCH; console.setup sets TQDM_DISABLE when stderr is not a terminal,
-# which a test's never is). Both are read at import time only.
+# which a test's never is; tests/procs.py's children run on the CPU). All
+# three are read at import time only.
 os.environ["USE_TORCH"] = "0"
 os.environ["TQDM_DISABLE"] = "1"
 os.environ["JAX_PLATFORMS"] = "cpu"
@@ -30,7 +32,6 @@ import transformers  # noqa: E402,F401
 # The library itself, but not its entry modules (zoomshot_jax.main and
 # zoomshot_jax.demo.__main__ define absl flags when they run as __main__).
 from zoomshot_jax.programs import PROGRAMS  # noqa: E402
-import importlib  # noqa: E402
 
 for _name in PROGRAMS.values():
   importlib.import_module(_name)
