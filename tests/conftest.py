@@ -23,7 +23,7 @@ os.environ["ZOOMSHOT_CACHE"] = os.environ.get("ZOOMSHOT_TEST_CACHE", "/tmp/zooms
 
 import pytest  # noqa: E402
 
-from zoomshot_jax import compile_cache  # noqa: E402
+from zoomshot_jax import compile_cache, host_memory  # noqa: E402
 from zoomshot_jax.encoders import testing  # noqa: E402
 from zoomshot_jax.tools import toy_assets  # noqa: E402
 
@@ -32,6 +32,9 @@ from zoomshot_jax.tools import toy_assets  # noqa: E402
 # identical programs (the same tiny models, steps and evaluators) in
 # different test functions and processes.
 compile_cache.setup("")
+# As the binaries do (zoomshot_jax/host_memory.py): the in-process tests'
+# steps reuse freed buffers instead of faulting them in again.
+host_memory.keep_freed_memory()
 
 
 # xdist hands out whole modules (pytest.ini: --dist loadfile), so a module's

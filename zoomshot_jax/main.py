@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from zoomshot_jax import compile_cache, console, sharding
+from zoomshot_jax import compile_cache, console, host_memory, sharding
 from zoomshot_jax.errors import UserError
 from zoomshot_jax.programs import PROGRAMS
 
@@ -76,8 +76,12 @@ def main(argv):
   # every run on a 2-core host) and nothing here uses its torch side: legacy
   # .bin checkpoints are read with torch by encoders/params.py itself.
   os.environ.setdefault("USE_TORCH", "0")
+  # Before anything large is allocated: XLA:CPU's per-step buffers are then
+  # reused instead of being faulted in afresh on every step (host_memory.py).
+  memory = host_memory.keep_freed_memory()
   try:
     console.setup(FLAGS.workdir, verbose=verbose())
+    logging.info("Host memory: %s.", memory)
     cache_dir = compile_cache.setup(config.get("compilation_cache", ""))
     logging.info("Compilation cache: %s.", cache_dir or "off")
     sharding.initialize_distributed()
