@@ -90,6 +90,10 @@ flags.DEFINE_bool("cached_run", True,
                   "Ours: run again in a fresh process whose persistent compilation cache the "
                   "first process filled (as a repeated binary run or notebook session has "
                   "it), when the first took less than --second_pass_below seconds.")
+flags.DEFINE_bool("keep_freed_memory", False,
+                  "Ours: keep freed host memory for reuse, as the binaries do "
+                  "(zoomshot_jax/host_memory.py; off: glibc's defaults, as a notebook's "
+                  "Asif has them). The PyTorch run keeps glibc's defaults either way.")
 flags.DEFINE_string("compile_cache", "", "Internal: our persistent compilation cache.")
 flags.DEFINE_string("impl", "", "Internal: run one implementation in this process.")
 flags.DEFINE_string("data", "", "Internal: the directory holding the data.")
@@ -213,9 +217,11 @@ def run_ours(d) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from zoomshot_jax import compile_cache, sharding  # pylint: disable=g-import-not-at-top
+  from zoomshot_jax import compile_cache, host_memory, sharding  # pylint: disable=g-import-not-at-top
   from zoomshot_jax.asif import relative, scoring  # pylint: disable=g-import-not-at-top
 
+  if FLAGS.keep_freed_memory:
+    host_memory.keep_freed_memory()
   compile_cache.setup(FLAGS.compile_cache or "none")
 
   mesh = sharding.make_mesh([("queries" if FLAGS.impl == "ours-queries" else "data", -1)])
