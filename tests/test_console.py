@@ -169,6 +169,8 @@ def test_binary_logs_to_the_file_and_alsologtostderr_shows_it(tmp_path):
   assert "zeroshot_eval: failed after" in out
   log = (tmp_path / "quiet" / "log.txt").read_text()
   assert "] Config:" in log and "zeroshot_eval: failed after" in log
+  # The binary kept freed host memory for reuse (host_memory.py), and said so in the log only.
+  assert "] Host memory: freed memory kept for reuse" in log
   assert "] Config:" in loud_err and "] Config:" in (tmp_path / "loud" / "log.txt").read_text()
 
 
