@@ -40,6 +40,9 @@ print(json.dumps({"said": said, "faults": faults, "pages": SIZE // 4096}))
 """
 
 
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+
+
 def _steps(mib=48, **env):
   child_env = procs.env(**env)
   for name in host_memory.USER_VARIABLES + (host_memory.OPT_OUT, "GLIBC_TUNABLES"):
@@ -50,7 +53,6 @@ def _steps(mib=48, **env):
   return json.loads(out.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_freed_blocks_are_reused_without_page_faults():
   kept = _steps()
   assert kept["said"].startswith("freed memory kept for reuse"), kept

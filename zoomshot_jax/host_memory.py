@@ -47,7 +47,7 @@ _M_MMAP_MAX = -4
 _TRIM_THRESHOLD = 2**31 - 1
 
 USER_VARIABLES = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
-                          "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX")
+                  "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX")
 OPT_OUT = "ZOOMSHOT_KEEP_FREED_MEMORY"
 
 
@@ -56,10 +56,10 @@ def _glibc():
     return None
   try:
     libc = ctypes.CDLL(None)
-    libc.gnu_get_libc_version  # pylint: disable=pointless-statement  # glibc only (musl's mallopt does nothing)
-  except (OSError, AttributeError):
+  except OSError:
     return None
-  return libc
+  # glibc only: musl, for one, has a mallopt that does nothing.
+  return libc if hasattr(libc, "gnu_get_libc_version") else None
 
 
 def _users_choice(environ) -> str | None:
