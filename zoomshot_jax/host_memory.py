@@ -12,18 +12,15 @@ took 4.6M page faults and 17 s of system time in an 85 s run that way.
 `keep_freed_memory()` tells glibc, through `mallopt`, to serve large blocks
 from its heap (M_MMAP_MAX = 0; where the heap cannot grow, glibc still
 falls back to mmap) and to trim the heap only past 2 GiB free
-(M_TRIM_THRESHOLD), so freed buffers are reused. Measured on that run
-(2026-12-06, AVX-512, 2 cores; alternated, 5 runs against 3): the stage
-49-53 s -> 40 s, the run 85-89 s -> 72-75 s, 4.6-5.0M -> 0.62-0.66M page
-faults, peak memory 1.88-1.92 -> 1.91-2.01 GB (README, Host memory). What it does not reach: a
-block over 64 MiB asked for by a thread other than the main one, which
-glibc always maps on its own (a per-thread arena's heap is 64 MiB at
-most); the VL student's VCR step is such a case (16.7M page faults either
-way, the same time). One arena for every thread (M_ARENA_MAX = 1) reaches
-those too (VCR 0.6M page faults, 77 s -> 64-71 s) but was tried and not
-kept: its peak memory went from 1.4 to 2.6-3.3 GB, and compiling, which
-allocates from many threads at once, slowed on the one arena's lock (the
-micro demo, mostly compiling: 62-66 s -> 76-85 s).
+(M_TRIM_THRESHOLD), so freed buffers are reused: that stage went from
+49-53 s to 40 s and its page faults from 4.6M to 0.6M, for a few percent
+more peak memory (the figures, and the whole demo's: README, Host memory).
+What it does not reach: a block over 64 MiB asked for by a thread other
+than the main one, which glibc always maps on its own (a per-thread
+arena's heap is 64 MiB at most); the VL student's VCR step is such a case.
+One arena for every thread (M_ARENA_MAX = 1) reaches those too but was
+tried and not kept: peak memory about doubled, and compiling, which
+allocates from many threads at once, slowed on the one arena's lock.
 
 The binaries (`main.main`, and so the demo) call it before anything large
 is allocated; importing the library does not (a notebook keeps glibc's
