@@ -78,6 +78,10 @@ def get_config(arg=None):
       # <class>/<stem>.txt beside a folder of <class>/<stem>.<ext> images,
       # e.g. a generator's captions/ next to its images/. "" = class prompts.
       "captions_dir": "",
+      # This host's decoded training images are held in memory when they fit
+      # (GB; 0 = read and decode them every epoch): a folder of generated
+      # images is small, and decoding it again each epoch stalls the step.
+      "in_memory_gb": 1.0,
   })
   config.features = ml_collections.ConfigDict({
       # RandomResizedCrop + flip in tf.data, the same crop for teacher and

@@ -61,6 +61,9 @@ def get_config(arg=None):
       "split": "train",
       "train_fraction": fraction,     # seeded random subset of the split (paper: 0.2 / 0.01)
       "heldout_examples": 10_000,     # other train images, for R² and agreement (ours)
+      # features.mode=online: this host's decoded training images are held in
+      # memory when they fit (GB; 0 = decode them every epoch).
+      "in_memory_gb": 1.0,
   })
 
   # Frozen-encoder features: cached once (stage extract) or computed in the step.

@@ -2,6 +2,8 @@
 
 import hashlib
 import os
+import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -186,3 +188,81 @@ def test_pil_formats_and_greyscale(tmp_path):
   images = [ex["image"] for ex in ds.as_numpy_iterator()]
   assert n == 2 and all(im.shape == (9, 11, 3) for im in images)
   assert images[0].min() == 200 and images[1].max() == 90
+
+
+def _batches(b, steps):
+  return [{k: np.asarray(v) for k, v in b(s).items()} for s in range(steps)]
+
+
+@pytest.mark.parametrize("independent", [False, True])
+def test_images_held_in_memory_give_the_streamed_batches(image_folder, tmp_path, independent):
+  """The held share replaces decoding, not the order: with augmentation, over
+  several epochs, both views, every batch is the streamed one bit for bit;
+  and the files are not read again (deleted, the held batches still come)."""
+  from zoomshot_jax import sharding, training  # pylint: disable=g-import-not-at-top
+  folder = str(tmp_path / "images")
+  shutil.copytree(image_folder, folder)
+  mesh = sharding.make_mesh([("data", -1)])
+  views = {"a": SPEC, "b": PreprocessSpec(resize=24, resize_mode="exact", crop=0)}
+
+  def make(in_memory_bytes):
+    return training.ImageBatches(data.folder_source(folder), views, 8, seed=3, mesh=mesh,
+                                 independent=independent, augment=True, keep=("label",),
+                                 in_memory_bytes=in_memory_bytes)
+
+  streamed = make(0)
+  held = make(2**20)
+  assert streamed.steps_per_epoch == held.steps_per_epoch == 2
+  want = _batches(streamed, 6)          # 3 epochs
+  shutil.rmtree(folder)
+  got = _batches(held, 6)
+  for w, g in zip(want, got):
+    assert w.keys() == g.keys()
+    for k in w:
+      np.testing.assert_array_equal(w[k], g[k], err_msg=k)
+  assert not all(np.array_equal(want[0]["a"], w["a"]) for w in want[1:])  # augmented
+
+
+def test_images_that_do_not_fit_or_differ_in_shape_are_streamed(image_folder, tiny_tfds):
+  from zoomshot_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  src = data.folder_source(image_folder)          # 21 images of 48x40x3
+  assert pipeline.in_memory(src, 0, 1, 21 * 48 * 40 * 3) is not None
+  assert pipeline.in_memory(src, 0, 1, 21 * 48 * 40 * 3 - 1) is None
+  assert pipeline.in_memory(src, 0, 1, 0) is None
+  held = pipeline.in_memory(src, 1, 2, 2**20)     # host 1 of 2: its share only
+  assert held.host_shard(1, 2)[1] == src.host_shard(1, 2)[1] == 11
+  with pytest.raises(ValueError, match="host share"):
+    held.host_shard(0, 2)
+  sizes = data.tfds_source("zs_tiny_colors", "train", tiny_tfds)   # 10-30 px, mixed
+  assert pipeline.in_memory(sizes, 0, 1, 2**30) is None
+
+
+@pytest.mark.parametrize("value", [-1, -0.5, float("nan"), "1", True, None])
+def test_a_memory_size_must_be_a_number_of_gb(value):
+  from zoomshot_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserError, match=r"config\.data\.in_memory_gb=.*expected a size in GB"):
+    pipeline.memory_bytes(value, "data.in_memory_gb")
+  assert pipeline.memory_bytes(0, "x") == 0 and pipeline.memory_bytes(1.5, "x") == 3 * 2**29
+
+
+def test_an_unfinished_pipeline_is_closed_off_the_calling_thread():
+  """The training thread hands the old epoch's iterator over and goes on; the
+  teardown (here held until the test lets it go) finishes on its own thread."""
+  from zoomshot_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  gate, closed = threading.Event(), threading.Event()
+
+  def batches():
+    try:
+      yield 1
+      yield 2
+    finally:
+      gate.wait(timeout=10)
+      closed.set()
+
+  it = batches()
+  next(it)
+  pipeline.close_later(it)
+  assert not closed.is_set()            # close_later returned before the teardown ran
+  gate.set()
+  assert closed.wait(timeout=10)
+  pipeline.close_later(None)            # nothing to close

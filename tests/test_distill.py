@@ -220,6 +220,7 @@ def test_program_distils_exports_and_evaluates(tiny_clip_dir, folder, trained):
     ({"student.preset": "vit_huge"}, "config.student.preset='vit_huge'"),
     ({"distill.alpha": 2.0}, "config.distill.alpha=2.0"),
     ({"data.dataset": ""}, "config.data.dataset is empty"),
+    ({"data.in_memory_gb": -1.0}, "config.data.in_memory_gb=-1.0: expected a size in GB"),
 ])
 def test_bad_config_is_refused_before_anything_runs(tiny_clip_dir, folder, tmp_path, override,
                                                     message):

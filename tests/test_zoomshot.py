@@ -191,6 +191,7 @@ def test_closed_form_text_to_concept(full_run, cfg, tmp_path):
     ({"stages": "extract,fit"}, r"config.stages='extract,fit'"),
     ({"features.mode": "online", "zoomshot.init": "ridge"}, r"needs cached features"),
     ({"evals.zeroshot.type": "vqa"}, r"config.evals.zeroshot.type='vqa'"),
+    ({"data.in_memory_gb": -1.0}, r"config.data.in_memory_gb=-1.0: expected a size in GB"),
 ])
 def test_contradictory_configs_are_refused(cfg, tmp_path, overrides, message):
   with pytest.raises(UserError, match=message):

@@ -54,6 +54,7 @@ def validate(config) -> None:
                     "folder:<path> (<class>/<file> layout).")
   if config.train.epochs <= 0:
     raise UserError(f"config.train.epochs={config.train.epochs} must be positive.")
+  data.pipeline.memory_bytes(config.data.in_memory_gb, "data.in_memory_gb")
   s = config.student
   if not s.checkpoint and s.preset not in models.student.PRESETS:
     raise UserError(f"config.student.preset={s.preset!r}: expected one of "
@@ -184,7 +185,9 @@ def train(config, workdir: str, clip, mesh, hooks=()) -> str:
   # both networks read the same uint8 crop.
   text_key = "caption" if captions else "label"
   batches = training.ImageBatches(source, {"image": spec}, t.batch_size, config.seed, mesh,
-                                  augment=config.features.augment, keep=(text_key,))
+                                  augment=config.features.augment, keep=(text_key,),
+                                  in_memory_bytes=data.pipeline.memory_bytes(
+                                      config.data.in_memory_gb, "data.in_memory_gb"))
   # At alpha = 1 the step reads no teacher image feature: its weights are
   # then not a step input (no replicated copy on the mesh).
   frozen = {"teacher": clip.params} if h.uses_teacher_images else {}

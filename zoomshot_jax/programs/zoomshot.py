@@ -91,6 +91,7 @@ def validate(config) -> None:
                     "held-out images; set config.data.heldout_examples > 0 (e.g. 10000).")
   if config.train.epochs <= 0:
     raise UserError(f"config.train.epochs={config.train.epochs} must be positive.")
+  data.pipeline.memory_bytes(config.data.in_memory_gb, "data.in_memory_gb")
   registry.check(config.evals)
 
 
@@ -246,7 +247,8 @@ def _train_sgd(run, train_feats, cv, ci, class_norm, text, classes, evaluate, ho
   else:
     batches = training.ImageBatches(
         run.parts()["train"], {"vision": run.vision.preprocess, "clip": run.clip.preprocess},
-        t.batch_size, c.seed, mesh, independent=not z.paired, augment=c.features.augment)
+        t.batch_size, c.seed, mesh, independent=not z.paired, augment=c.features.augment,
+        in_memory_bytes=data.pipeline.memory_bytes(c.data.in_memory_gb, "data.in_memory_gb"))
     frozen = {"vision": run.vision.variables, "clip": run.clip.params}
     feature_fn = zoomshot_method.aligned_features(cv, ci, run.vision, run.clip)
   frozen.update(text=np.asarray(text * class_norm, np.float32), classes=classes)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from zoomshot_jax import sharding
 from zoomshot_jax.errors import UserError
@@ -91,16 +92,27 @@ class ImageBatches:
     augment: seeded random resized crop + flip (the same for every view of
       an image).
     keep: other keys of the examples to batch too (e.g. "label").
+    in_memory_bytes: this host's share is decoded once and held in memory
+      when it fits (`data.pipeline.in_memory`); 0 = decode every epoch.
   """
 
   def __init__(self, source, views: dict, batch_size: int, seed: int, mesh,
-               independent: bool = False, augment: bool = False, keep: tuple = ()):
+               independent: bool = False, augment: bool = False, keep: tuple = (),
+               in_memory_bytes: int = 0):
     from zoomshot_jax import data  # pylint: disable=g-import-not-at-top
     self._data, self._source, self._views = data, source, dict(views)
     self._local_bs = sharding.local_batch_size(batch_size, mesh)
     self._seed, self._independent, self._augment = seed, independent, augment
     self._keep = tuple(keep)
-    n_local = source.host_shard(jax.process_index(), jax.process_count())[1]
+    pi, pc = jax.process_index(), jax.process_count()
+    n_local = source.host_shard(pi, pc)[1]
+    if in_memory_bytes > 0:
+      held = data.pipeline.in_memory(source, pi, pc, in_memory_bytes)
+      logging.info("Training images of %r: %s.", source.name,
+                   f"{n_local} decoded images held in memory" if held else
+                   f"streamed and decoded every epoch ({n_local} images do not fit in "
+                   f"{in_memory_bytes / 2**30:.2g} GB, or differ in shape)")
+      self._source = held or source
     # Hosts must run the same number of steps: the smallest share decides.
     self.steps_per_epoch = -sharding.host_max(-(n_local // self._local_bs))
     if self.steps_per_epoch <= 0:
@@ -127,6 +139,7 @@ class ImageBatches:
   def __call__(self, step: int) -> dict:
     epoch, i = divmod(step, self.steps_per_epoch)
     if self._next != step:
+      self._data.pipeline.close_later(self._it)
       self._it = self._epoch(epoch, i)
     batch = next(self._it)
     self._next = step + 1 if i + 1 < self.steps_per_epoch else None

@@ -5,9 +5,8 @@ as `data.Source.host_shard` does), keeps their fields as host columns (image
 path, text, targets), and streams them through tf.data: the image is read,
 decoded and resized on the fly (`data.preprocess_image`, "exact" to the
 student's square side; uint8 leaves the host and `PreprocessSpec.normalize`
-runs on device, as data/pipeline.py does), and the text is tokenised batch by
-batch with the HF tokenizer to a fixed `max_length` (a `tf.py_function` after
-batching: nothing the size of the dataset is ever padded in memory).
+runs on device, as data/pipeline.py does), and the text is tokenised per batch
+to a fixed `max_length` (the HF tokenizer in a `tf.py_function` after batching).
 
 Batches (`vl_tasks` reads them):
   image                        uint8 [B, S, S, 3]
@@ -364,8 +363,9 @@ class TrainBatches:
   def __call__(self, step: int) -> dict:
     if self._next != step or step >= self._end:
       self._window = self.rows(step, self.window)
-      ds = _dataset(self.inputs, self.cols, self._window, self.local_bs)
-      self._it = data_pipeline.as_numpy(ds, self._what)
+      data_pipeline.close_later(self._it)
+      self._it = data_pipeline.as_numpy(
+          _dataset(self.inputs, self.cols, self._window, self.local_bs), self._what)
       self._end = step + self.window
     batch = next(self._it)
     self._next = step + 1
