@@ -256,6 +256,21 @@ def test_threshold_top_k_equals_a_full_sort_and_lax_top_k(k, stride):
   _assert_is_the_exact_top_k(s, k, stride=stride)
 
 
+@pytest.mark.parametrize("share", [0.0, 0.01, 0.034, 0.05, 0.0999, 0.1, 0.1001, 0.5, 1.0])
+def test_flat_at_or_above_is_flatnonzero_at_every_share(share):
+  """The padded nonzero (3-10% kept) and the plain one, against NumPy's."""
+  rng = np.random.default_rng(6)
+  v = rng.random((37, 1001)).astype(np.float32)
+  thr = np.quantile(v, 1 - share, axis=1, keepdims=True).astype(np.float32)
+  thr[3] = -np.inf   # every entry of a row
+  thr[4] = np.inf    # none
+  got = host_topk._flat_at_or_above(v, thr)
+  np.testing.assert_array_equal(got, np.flatnonzero(v >= thr))
+  # A column slice (a device's masked columns left out) is not contiguous.
+  np.testing.assert_array_equal(host_topk._flat_at_or_above(v[:, 7:900], thr),
+                                np.flatnonzero(v[:, 7:900] >= thr))
+
+
 @pytest.mark.parametrize("k, stride", [(20, 4), (20, 16), (100, 8), (3500, 4)])
 def test_top_k_of_parts_equals_the_top_k_of_the_concatenated_row(k, stride):
   """A running top-k's carry (its own indices, sorted by value then index)

@@ -67,8 +67,10 @@ def top_k_of_parts(parts: list, k: int, stride: int = 32) -> tuple[np.ndarray, n
   sample = np.concatenate([v[:, ::stride] for v, _ in parts], axis=1)
   m = sample.shape[1]
   thr = np.partition(sample, m - want, axis=1)[:, m - want:m - want + 1]
-  flats = [np.flatnonzero(v >= thr) for v, _ in parts]  # row-major: columns ascend in a row
-  counts = [np.bincount(f // v.shape[1], minlength=r) for f, (v, _) in zip(flats, parts)]
+  flats = [_flat_at_or_above(v, thr) for v, _ in parts]  # row-major: columns ascend in a row
+  # Per row, from the sorted flat positions: where each row's run ends.
+  counts = [np.diff(np.searchsorted(f, np.arange(r + 1, dtype=np.int64) * v.shape[1]))
+            for f, (v, _) in zip(flats, parts)]
   count = np.sum(counts, axis=0)
   # The slow way for rows the threshold kept fewer than k of (an unlucky
   # sample), or many more (a row of ties), and -inf thresholds (padding).
@@ -103,6 +105,27 @@ def top_k_of_parts(parts: list, k: int, stride: int = 32) -> tuple[np.ndarray, n
   if slow.size:
     vals[slow], idx[slow] = _concatenated_top_k(parts, k, slow)
   return vals, idx
+
+
+def _flat_at_or_above(v: np.ndarray, thr: np.ndarray) -> np.ndarray:
+  """np.flatnonzero(v >= thr), in about half the time where 3-10% are kept.
+
+  NumPy's nonzero of a bool array takes a memchr-based path when at most a
+  tenth of it is set, and a branch-free loop otherwise; the memchr path
+  costs per set entry, more than the branch-free loop's whole pass above
+  about 3% (at 8%, the search's usual share at 20k anchors, 1.6 ms against
+  0.7 ms for 1.28M entries). There, set padding after the mask lifts the
+  share past a tenth; its positions come last and are cut off.
+  """
+  size = v.size
+  mask = np.empty(size + size // 9 + 2, bool)
+  np.greater_equal(v, thr, out=mask[:size].reshape(v.shape))
+  count = np.count_nonzero(mask[:size])
+  if 10 * count > size or 30 * count < size:
+    return np.flatnonzero(mask[:size])
+  pad = (size - 10 * count) // 9 + 1  # (count + pad) / (size + pad) > 1/10
+  mask[size:size + pad] = True
+  return np.flatnonzero(mask[:size + pad])[:count]
 
 
 def _concatenated_top_k(parts: list, k: int, rows: np.ndarray):
@@ -162,9 +185,11 @@ def host_cores() -> int:
     return os.cpu_count() or 1
 
 
-# Rows per host top-k task: its temporaries (int64 positions of every
-# column) stay small, and tasks spread evenly over the cores.
-_TASK_ROWS = 128
+# Rows per host top-k task: its temporaries stay small, and tasks spread
+# evenly over the cores. [1024, 2 x 10k] rows on 2 cores: 45.7 ms in tasks
+# of 128, 42.9 ms of 64, 51.6 ms of 32; at 2 x 100k a task of 64 rows costs
+# 5% less per row than one of 128.
+_TASK_ROWS = 64
 
 
 def _blocks(sims: jax.Array, offset: int, starts: np.ndarray):
