@@ -85,6 +85,29 @@ def test_search_equals_brute_force_with_ties(exact_data, num_devices, top_k, all
   np.testing.assert_array_equal(full.idx, brute_topk(queries[:5], anchors[:20], 20)[0])
 
 
+@pytest.mark.parametrize("all_local", [True, False])
+def test_host_top_k_skips_the_padding_query_rows(exact_data, monkeypatch, all_local):
+  """37 queries in chunks of 16 are 48 rows on the devices; the 11 padding
+  rows (zeros: they tie with every anchor, the top-k's slowest case) are
+  never selected from, on a 2 x 4 mesh (query groups of 8 rows), with the
+  local merge or the collective one."""
+  queries, anchors = exact_data
+  mesh = sharding.make_mesh((("queries", 2), ("data", 4)), devices=jax.devices()[:8])
+  searcher = relative.Searcher(mesh, k=20, query_chunk=16, block=8)
+  searcher.all_local = all_local
+  rows = []
+  real_top_k = host_topk.top_k_of_parts
+  monkeypatch.setattr(host_topk, "top_k_of_parts",
+                      lambda parts, *a, **kw: rows.append(len(parts[0][0])) or
+                      real_top_k(parts, *a, **kw))
+  res = searcher.search(queries, relative.in_memory_chunks(searcher, anchors))
+  # One selection per real row (local), or per real row and anchor device.
+  assert sum(rows) == 37 * (1 if all_local else 4)
+  idx, sims = brute_topk(queries, anchors, 20)
+  np.testing.assert_array_equal(res.idx, idx)
+  np.testing.assert_array_equal(res.sims, sims)
+
+
 @pytest.fixture(scope="module")
 def random_data():
   rng = np.random.default_rng(1)

@@ -210,25 +210,32 @@ def _row_slices(rows: int):
   return [(lo, min(lo + _TASK_ROWS, rows)) for lo in range(0, rows, _TASK_ROWS)]
 
 
+def _real_rows(first: int, rows: int, real: int | None) -> int:
+  """How many of a block's `rows` query rows, the first at `first` in the
+  query chunk, are real (the chunk's first `real`; None: all)."""
+  return rows if real is None else min(rows, max(0, real - first))
+
+
 def _top_k_plus(block: np.ndarray, k_local: int, start: int):
   vals, pos = exact_top_k(block, k_local)
   return vals, pos + np.int32(start)
 
 
 def device_top_k(sims: jax.Array, k_local: int, offset: int, end: int, starts: np.ndarray,
-                 anchor_devices: int) -> tuple[jax.Array, jax.Array]:
+                 anchor_devices: int, real: int | None = None) -> tuple[jax.Array, jax.Array]:
   """Program 1's top-k on the host: each local device's block [rows, L] of
   `sims` (anchors [offset, end) of the chunk, the rest padding), in row
   slices over this host's cores, -> candidates [Qc, A * k_local] (global
   anchor indices), sharded as `sims` (each block's on its device), for the
   collective merge (relative.py's program 2) when anchor devices span hosts.
-  A device's masked columns are -inf: they come last in its list."""
+  A device's masked columns are -inf: they come last in its list. Query
+  rows from `real` on (padding) get (-inf, -1) without a top-k."""
   # The padding columns (-inf) past the chunk's end are left out unless
   # fewer than k_local are real.
   blocks = [(shard, start, block[:, :max(k_local, min(block.shape[1], end - start))])
             for shard, start, block, _ in _blocks(sims, offset, starts)]
-  tasks = [(n, lo, hi) for n, (_, _, block) in enumerate(blocks)
-           for lo, hi in _row_slices(block.shape[0])]
+  tasks = [(n, lo, hi) for n, (shard, _, block) in enumerate(blocks)
+           for lo, hi in _row_slices(_real_rows(shard.index[0].start or 0, block.shape[0], real))]
 
   def run(task):
     n, lo, hi = task
@@ -238,16 +245,20 @@ def device_top_k(sims: jax.Array, k_local: int, offset: int, end: int, starts: n
   done = list(pool().map(run, tasks))
   shape = (sims.shape[0], anchor_devices * k_local)
   out = []
-  for j in range(2):  # values, indices
-    pieces = [jax.device_put(np.concatenate([d[j] for t, d in zip(tasks, done) if t[0] == n]),
-                             shard.device) for n, (shard, _, _) in enumerate(blocks)]
+  for j, fill in enumerate((-np.inf, -1)):  # values, indices
+    pieces = []
+    for n, (shard, _, block) in enumerate(blocks):
+      mine = [d[j] for t, d in zip(tasks, done) if t[0] == n]
+      pad = block.shape[0] - sum(len(m) for m in mine)
+      mine.append(np.full((pad, k_local), fill, (np.float32, np.int32)[j]))
+      pieces.append(jax.device_put(np.concatenate(mine), shard.device))
     out.append(jax.make_array_from_single_device_arrays(shape, sims.sharding, pieces))
   return out[0], out[1]
 
 
 def local_top_k(sims: jax.Array, k: int, offset: int, end: int,
-                starts: np.ndarray, carry: tuple[np.ndarray, np.ndarray] | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+                starts: np.ndarray, carry: tuple[np.ndarray, np.ndarray] | None = None,
+                real: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """A query chunk's global top-k, all on this host, when every device of
   the search mesh is this host's: per row slice (one task each over the
   host's cores), one exact selection over the running `carry` and every
@@ -256,18 +267,21 @@ def local_top_k(sims: jax.Array, k: int, offset: int, end: int,
   `lax.top_k`, without that program: no compile, no copy back to the
   devices, no collective, and no per-device top-k lists to merge.
 
+  Query rows from `real` on are padding: they get (-inf, -1), and the
+  carry's rows there are not read.
+
   Returns: (values [Qc, k] float32, indices [Qc, k] int32) on the host.
   """
   groups = {}  # first query row -> its anchor devices' blocks, in anchor order
   for shard, start, block, skip in _blocks(sims, offset, starts):
     # The device's own anchors only: masked columns never beat a real anchor.
-    real = block[:, skip:max(skip, end - start)]
-    if real.shape[1]:
-      groups.setdefault(shard.index[0].start or 0, []).append((real, start + skip))
+    own = block[:, skip:max(skip, end - start)]
+    if own.shape[1]:
+      groups.setdefault(shard.index[0].start or 0, []).append((own, start + skip))
   for blocks in groups.values():
     blocks.sort(key=lambda b: b[1])  # once per query group, not per row slice
-  tasks = [(r0, blocks, lo, hi)
-           for r0, blocks in groups.items() for lo, hi in _row_slices(blocks[0][0].shape[0])]
+  tasks = [(r0, blocks, lo, hi) for r0, blocks in groups.items()
+           for lo, hi in _row_slices(_real_rows(r0, blocks[0][0].shape[0], real))]
 
   def run(task):
     # One selection over the carry (lower anchors) and every device's block,
@@ -278,8 +292,8 @@ def local_top_k(sims: jax.Array, k: int, offset: int, end: int,
       parts.insert(0, (carry[0][r0 + lo:r0 + hi], carry[1][r0 + lo:r0 + hi]))
     return top_k_of_parts(parts, k)
 
-  vals = np.empty((sims.shape[0], k), np.float32)
-  idx = np.empty((sims.shape[0], k), np.int32)
+  vals = np.full((sims.shape[0], k), -np.inf, np.float32)
+  idx = np.full((sims.shape[0], k), -1, np.int32)
   for (r0, _, lo, hi), (v, i) in zip(tasks, pool().map(run, tasks)):
     vals[r0 + lo:r0 + hi], idx[r0 + lo:r0 + hi] = v, i
   return vals, idx

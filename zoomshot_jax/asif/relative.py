@@ -329,13 +329,16 @@ class Searcher:
           chunk.starts.shape, NamedSharding(self.mesh, P(AXIS)), lambda idx: chunk.starts[idx])
       for i, q in enumerate(q_dev):
         res = program(q, chunk.data, offset, limit, starts)
+        # The chunk's query rows past n are padding: the host top-k skips
+        # them (a zero row ties with every anchor, the slowest case there).
+        real = min(qc, n - i * qc)
         if on_host:
           carry[i] = host_topk.local_top_k(res, self.k, chunk.offset, chunk.end,
-                                           chunk.starts, carry[i])
+                                           chunk.starts, carry[i], real)
           continue
         if host:
           res = host_topk.device_top_k(res, k_local, chunk.offset, chunk.end, chunk.starts,
-                                       self.anchor_devices)
+                                       self.anchor_devices, real)
         if not single:
           # Wait for the collective: XLA:CPU runs each device's program on a
           # shared thread pool, and steps dispatched ahead (no data dependence
