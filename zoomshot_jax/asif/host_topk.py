@@ -113,7 +113,7 @@ def top_k_of_parts(parts: list, k: int, stride: int = 16) -> tuple[np.ndarray, n
 
 
 def _flat_at_or_above(v: np.ndarray, thr: np.ndarray) -> np.ndarray:
-  """np.flatnonzero(v >= thr), in about half the time where 3-10% are kept.
+  """np.flatnonzero(v >= thr), in up to half the time where 3-10% are kept.
 
   NumPy's nonzero of a bool array takes a memchr-based path when at most a
   tenth of it is set, and a branch-free loop otherwise; the memchr path
