@@ -41,6 +41,9 @@ setuptools.setup(
         # paid by every process: every binary, every test worker and child.
         "ml_dtypes>=0.5,<0.7",
         "scipy>=1.11",  # ASIF's sparse scoring on CPU (CSR x CSR); jax needs it too
+        # ASIF's dots on CPU: the BLAS on one thread per call while the host's
+        # pool runs them side by side (host_dots.py).
+        "threadpoolctl>=3.1",
         "pillow>=10.0",
         "matplotlib>=3.7",  # the demo's bar chart
         "allpairspy>=2.5",  # pairwise covering arrays for synthetic prompts (the reference's)

@@ -7,10 +7,11 @@ run the same algorithm (METHODS.md §3): relative representations topk_k of
 the similarities raised to p (text rows normalised), scores r_I · r_T^T, the
 argmax over prompts, class = prompt // J.
 
-  ours     zoomshot_jax.asif: `Searcher.search` (blocked dots sharded over the
-           XLA devices; each device's top-k on the host's cores on a CPU,
-           lax.top_k elsewhere) and `Scorer` (the sparse join: SciPy on a
-           CPU, an XLA program elsewhere), with the configs' defaults
+  ours     zoomshot_jax.asif: `Searcher.search` (blocked dots over the mesh's
+           anchor devices: on a CPU the host's BLAS and the top-k on the
+           host's cores, elsewhere XLA's dots and lax.top_k) and `Scorer`
+           (the sparse join: SciPy on a CPU, an XLA program elsewhere), with
+           the configs' defaults
   pytorch  the reference's approach written plainly: anchors in chunks of
            100k, einsum + torch.topk per query chunk, merge across chunks by
            topk, sparse COO rows, torch.sparse.mm, argmax
@@ -21,8 +22,9 @@ parent prints wall time per stage and in total (a fresh process: compiling
 included; and a second pass on new objects, compilations reused), peak
 memory, the ratio ours/PyTorch, whether the predictions are identical, the
 scoring stage's share of the pipeline, and the fraction of this machine's
-measured matmul throughput (the best of a few large jnp.dot calls, measured
-in a subprocess of its own before and after) that our similarity stage
+measured matmul throughput (the best of a few large jnp.dot calls and, on a
+CPU, of NumPy's BLAS, measured in a subprocess of its own before and after)
+that our similarity stage
 reaches: its FLOPs 2·N·(Q·768 + P·384) over its wall time (dots, top-k and
 merges; the second pass where there is one).
 
@@ -194,22 +196,28 @@ def load(path: str, aligned: bool = False):
 
 
 def matmul_peak_gflops() -> float:
-  """Best throughput of a few large float32 jnp.dot calls on this machine."""
+  """Best throughput of a few large float32 products on this machine: XLA's
+  jnp.dot, and on a CPU NumPy's BLAS too (ours runs its dots there)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   best = 0.0
+  cpu = jax.default_backend() == "cpu"
   # An accelerator needs a larger product to reach its rate. HIGHEST, as the
   # search's dots (no TF32 on a GPU; the same as the default on a CPU).
-  for n in (2048, 4096) if jax.default_backend() == "cpu" else (4096, 8192):
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
+  for n in (2048, 4096) if cpu else (4096, 8192):
+    a = np.random.default_rng(0).standard_normal((n, n), np.float32)
+    x = jnp.asarray(a)
     f = jax.jit(lambda x: jnp.dot(x, x, precision=jax.lax.Precision.HIGHEST))
-    f(a).block_until_ready()
-    for _ in range(3):
-      t = time.perf_counter()
-      f(a).block_until_ready()
-      best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+    f(x).block_until_ready()
+    runs = [lambda: f(x).block_until_ready()] + ([lambda: a @ a] if cpu else [])
+    for run in runs:
+      run()
+      for _ in range(3):
+        t = time.perf_counter()
+        run()
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
   return best
 
 
@@ -412,7 +420,7 @@ def measure(n: int, q: int, deadline: float | None, save=lambda summary: None) -
       save(summary)
   peak = max(peaks) if peaks else float("nan")
   summary["peak_gflops"] = peak
-  print(f"matmul peak: {peak:.1f} GFLOP/s (best of large float32 jnp.dot calls, measured "
+  print(f"matmul peak: {peak:.1f} GFLOP/s (best of large float32 products, XLA and BLAS, measured "
         f"before and after: {', '.join(f'{p:.1f}' for p in peaks)})")
   done = {name: r for name, r in res.items() if "times" in r}
   stages = list(next(iter(done.values()))["times"]) if done else []

@@ -10,9 +10,10 @@ top-k taken on the host (the CPU default) or by `lax.top_k` in the program.
 import jax
 import numpy as np
 import pytest
+import threadpoolctl
 
 from zoomshot_jax import sharding
-from zoomshot_jax.asif import Asif, host_topk, relative, scoring
+from zoomshot_jax.asif import Asif, host_dots, host_topk, relative, scoring
 from zoomshot_jax.errors import UserError
 
 
@@ -140,18 +141,51 @@ def test_sharded_streamed_and_incremental_are_bit_identical(random_data):
               "8 query groups": run(8, axes=(("queries", 8),)),
               "collective merge, 2 x 4 mesh, streamed, incremental":
                   run(8, chunk_size=70, splits=(130,), axes=(("queries", 2), ("data", 4)),
-                      all_local=False),
-              # lax.top_k in the program (the accelerators' path) gives the same bits.
-              "xla top_k, 1 device": run(1, top_k="xla"),
-              "xla top_k, 2 x 4 mesh, streamed": run(8, chunk_size=70, top_k="xla",
-                                                     axes=(("queries", 2), ("data", 4)))}
+                      all_local=False)}
   for name, res in variants.items():
     np.testing.assert_array_equal(res.idx, ref.idx, err_msg=name)
     np.testing.assert_array_equal(res.sims, ref.sims, err_msg=name)
     assert res.num_anchors == len(anchors)
+  # The dots in XLA and lax.top_k in the program (the accelerators' path):
+  # bit-identical among themselves; against the host's BLAS, the same
+  # neighbours with similarities equal to float32 rounding.
+  xla = run(1, top_k="xla")
+  other = run(8, chunk_size=70, top_k="xla", axes=(("queries", 2), ("data", 4)))
+  np.testing.assert_array_equal(other.idx, xla.idx)
+  np.testing.assert_array_equal(other.sims, xla.sims)
   idx, sims = brute_topk(queries, anchors, k)
-  np.testing.assert_array_equal(ref.idx, idx)
-  np.testing.assert_allclose(ref.sims, sims, atol=1e-6)
+  for res in (ref, xla):
+    np.testing.assert_array_equal(res.idx, idx)
+    np.testing.assert_allclose(res.sims, sims, atol=1e-6)
+
+
+def test_host_dots_are_the_blas_products_and_leave_its_threads_as_they_were(random_data):
+  """On CPU devices the host computes the similarities (query chunk x
+  windows of `block` anchors, by NumPy's BLAS): each kept similarity is the
+  product of its query and anchor to float32 rounding, masked columns
+  never come out, and the BLAS's thread count is the user's again after."""
+  queries, anchors = random_data
+  before = [(i["prefix"], i["num_threads"]) for i in threadpoolctl.threadpool_info()]
+  searcher = relative.Searcher(_mesh(8), k=24, query_chunk=16, block=8)
+  res = searcher.search(queries, relative.in_memory_chunks(searcher, anchors, chunk_size=70))
+  assert [(i["prefix"], i["num_threads"]) for i in threadpoolctl.threadpool_info()] == before
+  expect = np.einsum("qd,qkd->qk", queries.astype(np.float64), anchors[res.idx].astype(np.float64))
+  np.testing.assert_allclose(res.sims, expect, atol=1e-6)
+  assert (res.idx >= 0).all() and (res.idx < len(anchors)).all()
+
+
+def test_host_dot_windows_run_in_balanced_runs_that_never_split_an_overlap():
+  """The pool's runs: every window once, in order, about equal in number;
+  a device's last window (overlapping the one before) stays in its run."""
+  a, b = np.zeros((1, 1)), np.zeros((1, 1))
+  # Device a: L = 2500, block 1000 -> windows 0, 1000, 1500 (the last overlaps).
+  windows = [(None, a, 0), (None, a, 1000), (None, a, 1500), (None, b, 0), (None, b, 1000)]
+  for cores in (1, 2, 3):
+    runs = host_dots._runs(windows, 1000, parts=2 * cores)
+    assert [w for run in runs for w in run] == windows and all(runs)
+    for run, nxt in zip(runs[:-1], runs[1:]):
+      assert not (run[-1][1] is nxt[0][1] and nxt[0][2] < run[-1][2] + 1000)
+  assert [len(r) for r in host_dots._runs(windows * 4, 1000, parts=4)] == [5, 5, 5, 5]
 
 
 def test_default_block_on_cpu_gives_the_rows_of_any_other_block():
@@ -205,7 +239,9 @@ def test_search_rejects_bad_sizes(random_data):
 
 
 def _brute(s, k):
-  order = np.lexsort((np.broadcast_to(np.arange(s.shape[1]), s.shape), -s), axis=1)[:, :k]
+  """(value desc, index asc) in XLA:CPU's total order of floats: +0 before -0."""
+  order = np.lexsort((np.broadcast_to(np.arange(s.shape[1]), s.shape), np.signbit(s), -s),
+                     axis=1)[:, :k]
   return np.take_along_axis(s, order, 1), order
 
 
@@ -260,6 +296,8 @@ def test_exact_top_k_equals_a_full_sort_and_lax_top_k(k):
   s[10:15, 50:] = -np.inf                                    # padding
   s[15, :] = 1.0                                             # one value
   s[16, :] = -np.inf
+  s[17, ::2], s[17, 1::2] = -0.0, 0.0                        # +0 ranks above -0, as in lax.top_k
+  s[18, :32] = np.where(rng.random(32) < 0.5, -0.0, 0.0)
   _assert_is_the_exact_top_k(s, k)
 
 
@@ -274,6 +312,7 @@ def test_threshold_top_k_equals_a_full_sort_and_lax_top_k(k, stride):
   s[20:24, 1000:] = -np.inf                                  # padding
   s[24, :] = 1.0                                             # one value
   s[25, :] = -np.inf
+  s[34:36] = np.where(rng.random((2, 4096)) < 0.5, -0.0, 0.0)  # +0 before -0
   s[26:30, ::stride] += 100.0                                # the sample sees only the largest
   s[30:34, ::stride] -= 100.0                                # ... or only the smallest
   _assert_is_the_exact_top_k(s, k, stride=stride)

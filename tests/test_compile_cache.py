@@ -51,8 +51,9 @@ def test_none_switches_it_off(tmp_path, monkeypatch):
 
 
 def test_asif_class_uses_the_cache_and_keeps_one_jax_already_has(tmp_path):
-  """A notebook's second session loads ASIF's programs; a cache dir the user
-  gave jax is not replaced by ours."""
+  """A notebook's second session loads ASIF's programs (top_k="xla": on CPU
+  devices the default search runs on the host and compiles nothing); a
+  cache dir the user gave jax is not replaced by ours."""
   script = """
 import json, sys
 import jax, numpy as np
@@ -61,20 +62,22 @@ if sys.argv[2] == "user":
 from zoomshot_jax import compile_cache
 from zoomshot_jax.asif import Asif
 rng = np.random.default_rng(0)
-model = Asif(rng.standard_normal((64, 8)), rng.standard_normal((64, 6)), k=8, block=8)
+model = Asif(rng.standard_normal((64, 8)), rng.standard_normal((64, 6)), k=8, block=8,
+             top_k=sys.argv[3])
 model.classify(rng.standard_normal((4, 8)), rng.standard_normal((3, 6)))
 print(json.dumps({"dir": jax.config.jax_compilation_cache_dir, **compile_cache.snapshot()}))
 """
   env = procs.env(1, ZOOMSHOT_CACHE=str(tmp_path / "ours"))
 
-  def run(mode):
-    out = procs.run(["-c", script, str(tmp_path), mode], env, timeout=120, check=True)
+  def run(mode, top_k="xla"):
+    out = procs.run(["-c", script, str(tmp_path), mode, top_k], env, timeout=120, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
   first, second = run("ours"), run("ours")
   assert first["dir"] == str(tmp_path / "ours" / "jax") and first["hits"] == 0
   assert second["compiles"] == first["compiles"] >= 2 and second["hits"] == second["compiles"]
   assert run("user")["dir"] == str(tmp_path / "user")
+  assert run("ours", "auto")["compiles"] == 0
 
 
 def test_other_processes_are_told_the_cache_is_read_only_for_them(monkeypatch):
