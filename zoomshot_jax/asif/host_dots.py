@@ -13,9 +13,11 @@ chunk's [Qc, d] rows x a window of `block` anchors [d, block], whatever the
 sharding, the streaming or the offset: a device's last window starts at
 L - block and recomputes part of the one before. A BLAS gives a column the
 same bits wherever it sits in a product of a given shape (OpenBLAS: tested
-for shapes from [8, 8] x [8, 8] to [1024, 768] x [768, 1024], and for any
-number of its threads), so sharded, streamed, incremental and multi-host
-searches are bit-identical, as the tests check. They differ from XLA's dots
+for shapes from [8, 8] x [8, 8] to [1024, 768] x [768, 1024], with 1 and 2
+threads), so sharded, streamed, incremental and multi-host
+searches are bit-identical, as the tests check (a BLAS that does not
+promise it, e.g. MKL without MKL_CBWR set, may differ in last bits between
+them). They differ from XLA's dots
 (top_k="xla") in the last bits of some similarities: each path is exact
 and deterministic, with its own rounding of the dot products.
 """
