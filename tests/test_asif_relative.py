@@ -120,10 +120,13 @@ def test_sharded_streamed_and_incremental_are_bit_identical(random_data):
   k = 24
 
   def run(num_devices, chunk_size=0, splits=(), axes=(("data", -1),), top_k="auto",
-          all_local=True):
+          all_local=True, xla_dots=False):
     mesh = sharding.make_mesh(axes, devices=jax.devices()[:num_devices])
     searcher = relative.Searcher(mesh, k, query_chunk=16, block=8, top_k=top_k)
     searcher.all_local = all_local  # False: the multi-host path's collective merge
+    # True: the program's dots with the host top-k, as on an accelerator
+    # with top_k="host".
+    searcher.on_cpu = not xla_dots
     bounds = [0, *splits, len(anchors)]
     res = None
     for lo, hi in zip(bounds[:-1], bounds[1:]):  # each piece: an anchor-set update
@@ -149,10 +152,19 @@ def test_sharded_streamed_and_incremental_are_bit_identical(random_data):
   # The dots in XLA and lax.top_k in the program (the accelerators' path):
   # bit-identical among themselves; against the host's BLAS, the same
   # neighbours with similarities equal to float32 rounding.
+  # The host top-k on the program's similarities gives lax.top_k's rows.
   xla = run(1, top_k="xla")
-  other = run(8, chunk_size=70, top_k="xla", axes=(("queries", 2), ("data", 4)))
-  np.testing.assert_array_equal(other.idx, xla.idx)
-  np.testing.assert_array_equal(other.sims, xla.sims)
+  others = {"xla, 2 x 4 mesh, streamed":
+                run(8, chunk_size=70, top_k="xla", axes=(("queries", 2), ("data", 4))),
+            "program's dots, host top-k, 2 x 4 mesh, incremental":
+                run(8, splits=(130,), axes=(("queries", 2), ("data", 4)), top_k="host",
+                    xla_dots=True),
+            "program's dots, host top-k, collective merge, 2 x 4 mesh, streamed":
+                run(8, chunk_size=70, axes=(("queries", 2), ("data", 4)), top_k="host",
+                    all_local=False, xla_dots=True)}
+  for name, res in others.items():
+    np.testing.assert_array_equal(res.idx, xla.idx, err_msg=name)
+    np.testing.assert_array_equal(res.sims, xla.sims, err_msg=name)
   idx, sims = brute_topk(queries, anchors, k)
   for res in (ref, xla):
     np.testing.assert_array_equal(res.idx, idx)
