@@ -72,7 +72,7 @@ def get_config(arg=None):
       "rule": "prompt_max",      # argmax over prompts (reference) | template_mean
       "query_chunk": 1024,       # query rows per search step (multiple of devices)
       "anchor_block": 0,         # anchors per similarity dot (0: 1024 on CPU, 4096 elsewhere)
-      "top_k": "auto",           # each device's top-k: host (CPU default) | xla (elsewhere)
+      "top_k": "auto",           # host (CPU default: dots and top-k on the host) | xla
       "scoring": "auto",         # the sparse join: host (SciPy, CPU default) | xla
       "anchor_chunk": 0,         # 0: all anchors on the devices; N: stream N at a time
       "reuse_reps": True,        # start from the workdir's cached rows (anchors added: update)
