@@ -109,6 +109,21 @@ def test_host_top_k_skips_the_padding_query_rows(exact_data, monkeypatch, all_lo
   np.testing.assert_array_equal(res.sims, sims)
 
 
+def test_collective_merge_follows_a_query_chunk_set_after_construction(exact_data):
+  """The Asif class sets query_chunk per search, after the Searcher is made:
+  the host dots' blocks for the collective merge (2 x 4 mesh, as across
+  hosts) take their query groups' rows from the chunk searched with."""
+  queries, anchors = exact_data
+  mesh = sharding.make_mesh((("queries", 2), ("data", 4)), devices=jax.devices()[:8])
+  searcher = relative.Searcher(mesh, k=20, query_chunk=16, block=8)
+  searcher.all_local = False
+  searcher.query_chunk = 32
+  res = searcher.search(queries, relative.in_memory_chunks(searcher, anchors))
+  idx, sims = brute_topk(queries, anchors, 20)
+  np.testing.assert_array_equal(res.idx, idx)
+  np.testing.assert_array_equal(res.sims, sims)
+
+
 @pytest.fixture(scope="module")
 def random_data():
   rng = np.random.default_rng(1)
@@ -149,10 +164,10 @@ def test_sharded_streamed_and_incremental_are_bit_identical(random_data):
     np.testing.assert_array_equal(res.idx, ref.idx, err_msg=name)
     np.testing.assert_array_equal(res.sims, ref.sims, err_msg=name)
     assert res.num_anchors == len(anchors)
-  # The dots in XLA and lax.top_k in the program (the accelerators' path):
-  # bit-identical among themselves; against the host's BLAS, the same
-  # neighbours with similarities equal to float32 rounding.
-  # The host top-k on the program's similarities gives lax.top_k's rows.
+  # The dots in XLA and lax.top_k in the program (the accelerators' path)
+  # are bit-identical among themselves, and the host top-k on the
+  # program's similarities gives lax.top_k's rows; against the host's BLAS,
+  # the same neighbours with similarities equal to float32 rounding.
   xla = run(1, top_k="xla")
   others = {"xla, 2 x 4 mesh, streamed":
                 run(8, chunk_size=70, top_k="xla", axes=(("queries", 2), ("data", 4))),

@@ -221,9 +221,6 @@ class Searcher:
     self.replicated = NamedSharding(self.mesh, P())
     self.query_rows = NamedSharding(self.mesh, P(QUERY_AXIS))
     self._candidates = NamedSharding(self.mesh, P(QUERY_AXIS, AXIS))  # device_top_k's
-    group = query_chunk // self.mesh.shape[QUERY_AXIS]  # query rows per query group
-    self._positions = {d: (g * group, group, j) for (g, j), d in np.ndenumerate(self.mesh.devices)
-                       if d.process_index == jax.process_index()}
 
   # ------------------------------------------------------------ placement
 
@@ -329,6 +326,13 @@ class Searcher:
       carry = [(put(vals[i:i + qc]), put(idx[i:i + qc])) for i in range(0, len(padded), qc)]
       end = start.num_anchors
     buffers = {}  # the host dots' outputs, reused by every step
+    # This host's devices: (first query row, rows, anchor device), for the
+    # host dots' blocks when the collective merges them (query_chunk may
+    # have changed since __init__: the Asif class sets it per search).
+    group = qc // self.mesh.shape[QUERY_AXIS]
+    positions = None if on_host else {
+        d: (g * group, group, j) for (g, j), d in np.ndenumerate(self.mesh.devices)
+        if d.process_index == jax.process_index()}
     for chunk in chunks:
       if chunk.offset != end:
         raise ValueError(f"anchor chunk starts at {chunk.offset}, expected {end}")
@@ -344,8 +348,7 @@ class Searcher:
             chunk.starts.shape, NamedSharding(self.mesh, P(AXIS)), lambda idx: chunk.starts[idx])
       for i, q in enumerate(q_dev):
         if dots_here:
-          blocks = host_dots.chunk_blocks(q, chunk, self.block, buffers,
-                                          None if on_host else self._positions)
+          blocks = host_dots.chunk_blocks(q, chunk, self.block, buffers, positions)
         else:
           res = program(q, chunk.data, offset, limit, starts)
           blocks = host_topk.array_blocks(res) if host else None
