@@ -52,9 +52,10 @@ def top_k_of_parts(parts: list, k: int, stride: int = 16) -> tuple[np.ndarray, n
   kept (one vectorised compare per part, about 1.5 k per row in all),
   gathered per row in part order without concatenating the parts (at 200k
   anchors a copy of the rows would cost as much as the compares), and the
-  exact top-k of those few is taken (`_smallest_keys`). A row whose threshold keeps fewer than
-  k (an unlucky sample) or more than 8 k (ties), or is padding, is
-  selected from in full instead; either way the result is the same bits. One
+  exact top-k of those few is taken (`_smallest_keys`). A row whose
+  threshold keeps fewer than k (an unlucky sample) or more than 8 k (ties),
+  or is padding, is selected from in full instead; either way the result is
+  the same bits. One
   selection over all parts, rather than one per part and a merge of their
   lists, is about a third less work (k = 800, two parts of 10k-100k).
 
