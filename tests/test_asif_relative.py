@@ -215,6 +215,49 @@ def test_host_dot_windows_run_in_balanced_runs_that_never_split_an_overlap():
   assert [len(r) for r in host_dots._runs(windows * 4, 1000, parts=4)] == [5, 5, 5, 5]
 
 
+def test_host_dots_steps_are_equal_and_their_buffer_is_kept_for_the_next_search(monkeypatch):
+  """On CPU devices n query rows are searched in steps as equal as
+  query_chunk allows, with no padding rows to compute (1000 queries: one
+  step of 1000, not 1024), but of at least 128 rows; a query's row is the
+  same whatever rows it was searched with (the BLAS's bits in products of
+  128 to 1024 rows); and the Searcher's similarity buffer serves its next
+  search."""
+  rng = np.random.default_rng(4)
+  queries, anchors = _unit(rng.standard_normal((1000, 48))), _unit(rng.standard_normal((3000, 48)))
+  steps, chunk_blocks = [], host_dots.chunk_blocks
+  monkeypatch.setattr(host_dots, "chunk_blocks",
+                      lambda q, *args: steps.append(len(q)) or chunk_blocks(q, *args))
+  searcher = relative.Searcher(_mesh(2), k=30)
+  full = searcher.search(queries, relative.in_memory_chunks(searcher, anchors))
+  buffer = searcher._buffers["sims"]  # pylint: disable=protected-access
+  runs = {n: searcher.search(queries[:n], relative.in_memory_chunks(searcher, anchors))
+          for n in (150, 5)}
+  assert searcher._buffers["sims"] is buffer  # pylint: disable=protected-access
+  halves = relative.Searcher(_mesh(2), k=30, query_chunk=512)
+  runs[1000] = halves.search(queries, relative.in_memory_chunks(halves, anchors))
+  assert steps == [1000, 150, 128, 500, 500]
+  for n, res in runs.items():
+    np.testing.assert_array_equal(res.idx, full.idx[:n], err_msg=str(n))
+    np.testing.assert_array_equal(res.sims, full.sims[:n], err_msg=str(n))
+  np.testing.assert_array_equal(full.idx, brute_topk(queries, anchors, 30)[0])
+  assert [host_dots.step_rows(n, most, multiple) for n, most, multiple in
+          [(1025, 1024, 2), (10_000, 1024, 8), (1, 8, 8), (300, 1024, 3)]] == [514, 1000, 8, 300]
+
+
+def test_side_by_side_parts_are_joined_only_where_they_are_one_array():
+  """The host top-k selects from parts lying side by side in one array,
+  with consecutive indices, as one read-only view; anything else stays apart."""
+  buf = np.arange(40, dtype=np.float32).reshape(4, 10)
+  a, b, c = buf[:, :3], buf[:, 3:7], buf[:, 7:]
+  (joined, first), = host_topk._side_by_side([(a, 5), (b, 8), (c, 12)])  # pylint: disable=protected-access
+  assert first == 5 and np.array_equal(joined, buf) and not joined.flags.writeable
+  for parts in ([(a, 0), (c, 3)],  # a gap between them
+                [(a, 0), (b, 4)],  # indices not consecutive
+                [(a, 0), (b.copy(), 3)],  # another array
+                [(buf[:2, :3], 0), (buf[2:, 3:7], 3)]):  # other rows
+    assert len(host_topk._side_by_side(parts)) == 2  # pylint: disable=protected-access
+
+
 def test_default_block_on_cpu_gives_the_rows_of_any_other_block():
   """block=0 is 1024 anchors per dot on CPU devices; the rows are those of a
   4096 block and of a 256 one, bit for bit (3,000 anchors, 1,500 a device:

@@ -99,7 +99,7 @@ def top_k_of_parts(parts: list, k: int, stride: int = 16) -> tuple[np.ndarray, n
     first = np.cumsum(part_count) - part_count
     dest = np.arange(flat.size) + np.repeat(row_start + before - first, part_count)
     keys.reshape(-1)[dest] = _keys(
-        v.reshape(-1)[flat],
+        _values_at(v, flat, part_count),
         flat - np.repeat(np.arange(r, dtype=np.int64) * n_j - index, part_count)
         if np.isscalar(index) else np.asarray(index).reshape(-1)[flat])
     before += part_count
@@ -109,6 +109,19 @@ def top_k_of_parts(parts: list, k: int, stride: int = 16) -> tuple[np.ndarray, n
   if slow.size:
     vals[slow], idx[slow] = _concatenated_top_k(parts, k, slow)
   return vals, idx
+
+
+def _values_at(v: np.ndarray, flat: np.ndarray, row_count: np.ndarray) -> np.ndarray:
+  """v.reshape(-1)[flat] (`row_count` of them in each row), reading a
+  row-strided v in place (a part of host_dots.py's wider buffer) rather
+  than copying all of it."""
+  if v.flags.c_contiguous or v.strides[1] != v.itemsize or v.strides[0] % v.itemsize:
+    return v.reshape(-1)[flat]
+  row = v.strides[0] // v.itemsize  # elements from one row's start to the next's
+  line = np.lib.stride_tricks.as_strided(v, ((v.shape[0] - 1) * row + v.shape[1],),
+                                         (v.itemsize,), writeable=False)
+  return line[flat + np.repeat(np.arange(v.shape[0], dtype=np.int64) * (row - v.shape[1]),
+                               row_count)]
 
 
 def _flat_at_or_above(v: np.ndarray, thr: np.ndarray) -> np.ndarray:
@@ -286,6 +299,25 @@ def device_top_k(blocks: list[Block], k_local: int, offset: int, end: int,
   return out[0], out[1]
 
 
+def _side_by_side(parts: list) -> list:
+  """Parts in anchor order, each run of them that lie side by side in one
+  array (host_dots.py's buffer) with consecutive indices joined into one
+  view: one longer part selects in fewer steps (2 x [64, 10k] -> [64, 20k]:
+  7% less time on 2 cores, the GIL taken fewer times)."""
+  runs = []  # [first part, columns, first index]
+  for v, index in parts:
+    if runs:
+      u, width, first = runs[-1]
+      if (first + width == index and u.base is not None and u.base is v.base
+          and u.strides == v.strides and u.strides[1] == u.itemsize
+          and v.ctypes.data == u.ctypes.data + width * u.itemsize):
+        runs[-1][1] += v.shape[1]
+        continue
+    runs.append([v, v.shape[1], index])
+  return [(u if width == u.shape[1] else np.lib.stride_tricks.as_strided(
+      u, (u.shape[0], width), writeable=False), first) for u, width, first in runs]
+
+
 def local_top_k(blocks: list[Block], rows: int, k: int, offset: int, end: int,
                 starts: np.ndarray, carry: tuple[np.ndarray, np.ndarray] | None = None,
                 real: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -310,8 +342,9 @@ def local_top_k(blocks: list[Block], rows: int, k: int, offset: int, end: int,
     own = b.data[:, skip:max(skip, end - start)]
     if own.shape[1]:
       groups.setdefault(b.row0, []).append((own, start + skip))
-  for group in groups.values():
+  for r0, group in groups.items():
     group.sort(key=lambda g: g[1])  # once per query group, not per row slice
+    groups[r0] = _side_by_side(group)
   tasks = [(r0, group, lo, hi) for r0, group in groups.items()
            for lo, hi in _row_slices(_real_rows(r0, group[0][0].shape[0], real))]
 

@@ -132,9 +132,8 @@ def _round_up(x: int, m: int) -> int:
   return max(m, math.ceil(x / m) * m)
 
 
-# XLA:CPU uses a host array in place, with no copy, when it is C-contiguous
-# and aligned to this many bytes; otherwise device_put copies it (at 200k
-# anchors the copy was 13-34% of an image search).
+# XLA:CPU uses a host array in place, with no copy, when it is C-contiguous and
+# aligned to this many bytes; else it copies it (200k anchors: 13-34% of a search).
 _ALIGN = 64
 
 
@@ -182,7 +181,9 @@ class Searcher:
       together split the anchors (see the module docstring).
     k: neighbours kept per row (METHODS.md: 800).
     query_chunk: query rows per step, a multiple of the number of devices.
-      Peak memory per device is about query_chunk / Q x L x 4 bytes.
+      Peak memory per device is about query_chunk / Q x L x 4 bytes; on CPU
+      devices (host dots) steps are as equal as the rows allow, and the
+      Searcher keeps that buffer for its next search (host_dots.py).
     block: anchors per similarity dot (a device holds at least one block);
       0 = `default_block(platform)`: 1024 on CPU devices, 4096 elsewhere.
     top_k: where each device's top-k is taken: "xla" (`lax.top_k` in the
@@ -221,6 +222,7 @@ class Searcher:
     self.replicated = NamedSharding(self.mesh, P())
     self.query_rows = NamedSharding(self.mesh, P(QUERY_AXIS))
     self._candidates = NamedSharding(self.mesh, P(QUERY_AXIS, AXIS))  # device_top_k's
+    self._buffers = {}  # host_dots.chunk_blocks'
 
   # ------------------------------------------------------------ placement
 
@@ -303,13 +305,15 @@ class Searcher:
       TopK over anchors [0, end of the last chunk), on every host.
     """
     queries = np.asarray(queries, np.float32)
+    # On CPU devices the host runs the dots too (host_dots.py), in steps of
+    # equal rows (no program to recompile); elsewhere the queries go to the devices.
+    dots_here = self.top_k == "host" and self.on_cpu
     n, qc = queries.shape[0], self.query_chunk
+    if dots_here:
+      qc = host_dots.step_rows(n, qc, self.num_devices)
     padded = np.zeros((_round_up(n, qc), queries.shape[1]), np.float32)
     padded[:n] = queries
     q_host = [padded[i:i + qc] for i in range(0, len(padded), qc)]
-    # On CPU devices the host runs the dots too (host_dots.py); elsewhere
-    # the queries go to the devices.
-    dots_here = self.top_k == "host" and self.on_cpu
     q_dev = q_host if dots_here else [sharding.place(q, self.query_rows) for q in q_host]
     carry = [None] * len(q_dev)
     host = self.top_k == "host"
@@ -325,7 +329,9 @@ class Searcher:
       put = (lambda x: x) if on_host else (lambda x: sharding.place(x, self.rows))
       carry = [(put(vals[i:i + qc]), put(idx[i:i + qc])) for i in range(0, len(padded), qc)]
       end = start.num_anchors
-    buffers = {}  # the host dots' outputs, reused by every step
+    # The host dots' outputs, for every step and the next search (taken
+    # here: a concurrent search makes its own).
+    buffers, self._buffers = self._buffers, {}
     # This host's devices: (first query row, rows, anchor device), for the
     # host dots' blocks when the collective merges them (query_chunk may
     # have changed since __init__: the Asif class sets it per search).
@@ -373,6 +379,7 @@ class Searcher:
     if end < self.k:
       raise UserError(f"k={self.k} is larger than the number of anchors ({end}); "
                       f"set --config.asif.k to at most {end} or add anchors.")
+    self._buffers = buffers
     fetch = np.asarray if on_host else sharding.fetch_global
     sims = np.concatenate([fetch(c[0]) for c in carry])[:n]
     idx = np.concatenate([fetch(c[1]) for c in carry])[:n]
