@@ -32,7 +32,12 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 
 
 class Asif:
-  """Anchors of two modalities, searched exactly on a device mesh."""
+  """Anchors of two modalities, searched exactly on a device mesh.
+
+  On CPU devices its Searcher keeps the last search's similarity buffer
+  (query rows per step x anchors; about _SIMS_BUDGET at most unless
+  query_chunk is given) for the next search, until the model is dropped.
+  """
 
   def __init__(self, image_anchors, text_anchors, captions: Sequence[str] | None = None,
                k: int = 800, p: float = 8, mesh=None, query_chunk: int | None = None,
