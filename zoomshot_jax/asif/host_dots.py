@@ -45,10 +45,10 @@ def chunk_blocks(queries: np.ndarray, chunk, block: int, buffers: dict,
     queries: [Qc, d] float32, C-contiguous (the padded query chunk).
     chunk: a relative.AnchorChunk on a CPU mesh.
     block: anchors per product.
-    buffers: the output array, reused where it has the columns and at least
-      the rows (a search reuses them for every query
-      chunk, and relative.Searcher for its next search: no fresh pages to
-      fault in, 5-8% of a search of 1k queries at 20k-50k anchors).
+    buffers: holds the output array, reused where it has the columns and at
+      least the rows: by every query chunk of a search, and by the
+      relative.Searcher's next search (no fresh pages to fault in: 5-8% of
+      a search of 1k queries at 20k-50k anchors).
     positions: None: one block per anchor device, all Qc rows, for this
       host's own merge (host_topk.local_top_k). Else {device: (first row,
       rows, anchor device)} for this host's devices of the search mesh: one
