@@ -254,7 +254,8 @@ def test_side_by_side_parts_are_joined_only_where_they_are_one_array():
   for parts in ([(a, 0), (c, 3)],  # a gap between them
                 [(a, 0), (b, 4)],  # indices not consecutive
                 [(a, 0), (b.copy(), 3)],  # another array
-                [(buf[:2, :3], 0), (buf[2:, 3:7], 3)]):  # other rows
+                [(buf[:2, :3], 0), (buf[2:, 3:7], 3)],  # other rows
+                [(buf[:2, 7:], 0), (buf[1:, :3], 3)]):  # adjacent in memory, other row counts
     assert len(host_topk._side_by_side(parts)) == 2  # pylint: disable=protected-access
 
 

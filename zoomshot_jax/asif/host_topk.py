@@ -308,8 +308,11 @@ def _side_by_side(parts: list) -> list:
   for v, index in parts:
     if runs:
       u, width, first = runs[-1]
+      # Row i of the joined view is u's row i and then the memory after it,
+      # v's row i: the same rows, strides and array, v starting where u ends.
       if (first + width == index and u.base is not None and u.base is v.base
-          and u.strides == v.strides and u.strides[1] == u.itemsize
+          and u.shape[0] == v.shape[0] and u.strides == v.strides
+          and u.strides[1] == u.itemsize
           and v.ctypes.data == u.ctypes.data + width * u.itemsize):
         runs[-1][1] += v.shape[1]
         continue
