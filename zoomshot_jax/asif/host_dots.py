@@ -79,8 +79,8 @@ def chunk_blocks(queries: np.ndarray, chunk, block: int, buffers: dict,
                   for i in range(skip // block, -(-own_end // block))]
 
   def run(task):
-    for anchors, out, at in task:
-      np.matmul(queries, anchors[at:at + block].T, out=out[:, at:at + block])
+    for anchors, sims_j, at in task:
+      np.matmul(queries, anchors[at:at + block].T, out=sims_j[:, at:at + block])
 
   with _one_blas_thread():
     list(host_topk.pool().map(run, _runs(windows, block)))
@@ -89,7 +89,7 @@ def chunk_blocks(queries: np.ndarray, chunk, block: int, buffers: dict,
     mine[:, :skip] = -np.inf
     mine[:, own_end:] = -np.inf
   if positions is None:
-    return [Block(None, 0, j, out) for j, out in sims.items()]
+    return [Block(None, 0, j, sims_j) for j, sims_j in sims.items()]
   return [Block(d, row0, j, sims[j][row0:row0 + n]) for d, (row0, n, j) in positions.items()]
 
 
