@@ -188,7 +188,7 @@ def test_sharded_streamed_and_incremental_are_bit_identical(random_data):
 
 def test_host_dots_are_the_blas_products_and_leave_its_threads_as_they_were(random_data):
   """On CPU devices the host computes the similarities (query chunk x
-  windows of `block` anchors, by NumPy's BLAS): each kept similarity is the
+  runs of at least `block` anchors, by NumPy's BLAS): each kept similarity is the
   product of its query and anchor to float32 rounding, masked columns
   never come out, and the BLAS's thread count is the user's again after."""
   queries, anchors = random_data
@@ -201,18 +201,49 @@ def test_host_dots_are_the_blas_products_and_leave_its_threads_as_they_were(rand
   assert (res.idx >= 0).all() and (res.idx < len(anchors)).all()
 
 
-def test_host_dot_windows_run_in_balanced_runs_that_never_split_an_overlap():
-  """The pool's runs: every window once, in order, about equal in number;
-  a device's last window (overlapping the one before) stays in its run."""
-  a, b = np.zeros((1, 1)), np.zeros((1, 1))
-  # Device a: L = 2500, block 1000 -> windows 0, 1000, 1500 (the last overlaps).
-  windows = [(None, a, 0), (None, a, 1000), (None, a, 1500), (None, b, 0), (None, b, 1000)]
-  for cores in (1, 2, 3):
-    runs = host_dots._runs(windows, 1000, parts=2 * cores)
-    assert [w for run in runs for w in run] == windows and all(runs)
-    for run, nxt in zip(runs[:-1], runs[1:]):
-      assert not (run[-1][1] is nxt[0][1] and nxt[0][2] < run[-1][2] + 1000)
-  assert [len(r) for r in host_dots._runs(windows * 4, 1000, parts=4)] == [5, 5, 5, 5]
+def test_host_dot_pieces_cover_each_own_column_once_in_products_of_at_least_a_block():
+  """The host dots' products: a device's own columns in about equal pieces
+  of about 1/parts of all the columns, none narrower than the block, no
+  column in two; a device with fewer than a block of its own gets one
+  block over its masked rows."""
+  a, b, c = (np.zeros((10_000, 4), np.float32) for _ in range(3))
+
+  def cut(ranges, block, parts):
+    return [(next(n for n, r in enumerate(ranges) if r[0] is p[0]), p[2], p[3])
+            for p in host_dots._pieces(  # pylint: disable=protected-access
+                [(x, None, lo, hi) for x, lo, hi in ranges], block, parts)]
+
+  assert cut([(a, 0, 10_000), (b, 0, 10_000)], 1024, 4) == [
+      (0, 0, 5000), (0, 5000, 10_000), (1, 0, 5000), (1, 5000, 10_000)]
+  # A chunk's end: b has 300 of its own, c its last 200 rows (its rows start
+  # before its own); each is one block, c's ending at its last row.
+  assert cut([(a, 0, 10_000), (b, 0, 300), (c, 9800, 10_000)], 1024, 4) == [
+      (0, 0, 2500), (0, 2500, 5000), (0, 5000, 7500), (0, 7500, 10_000),
+      (1, 0, 1024), (2, 8976, 10_000)]
+  # Fewer pieces than parts where a piece would be narrower than the block.
+  assert cut([(a, 0, 1500)], 1024, 4) == [(0, 0, 1500)]
+  assert cut([(a, 3, 1003)], 256, 3) == [(0, 3, 336), (0, 336, 669), (0, 669, 1003)]
+
+
+def test_host_dots_give_a_similarity_the_same_bits_in_products_of_any_width():
+  """The similarity rows of 160 queries (one step, d = 64) against 2,300
+  anchors are the same bits whatever products the host dots cut them into:
+  1, 2 and 8 devices, streamed chunks (700 anchors, the last of 200), and
+  blocks of 16 and 512 (on 8 devices a device of 252 own anchors then
+  computes 512); and the brute force's top-k."""
+  rng = np.random.default_rng(5)
+  queries, anchors = _unit(rng.standard_normal((160, 64))), _unit(rng.standard_normal((2300, 64)))
+  runs = {}
+  for devices, block, chunk in [(1, 16, 0), (2, 16, 0), (8, 16, 0), (2, 16, 700), (8, 512, 0)]:
+    searcher = relative.Searcher(_mesh(devices), k=40, block=block)
+    runs[devices, block, chunk] = searcher.search(
+        queries, relative.in_memory_chunks(searcher, anchors, chunk_size=chunk))
+  first = runs[1, 16, 0]
+  for key, res in runs.items():
+    np.testing.assert_array_equal(res.idx, first.idx, err_msg=str(key))
+    np.testing.assert_array_equal(res.sims.view(np.uint32), first.sims.view(np.uint32),
+                                  err_msg=str(key))
+  np.testing.assert_array_equal(first.idx, brute_topk(queries, anchors, 40)[0])
 
 
 def test_host_dots_steps_are_equal_and_their_buffer_is_kept_for_the_next_search(monkeypatch):
@@ -261,9 +292,10 @@ def test_side_by_side_parts_are_joined_only_where_they_are_one_array():
 
 def test_default_block_on_cpu_gives_the_rows_of_any_other_block():
   """block=0 is 1024 anchors per dot on CPU devices; the rows are those of a
-  4096 block and of a 256 one, bit for bit (3,000 anchors, 1,500 a device:
-  at 4096 one block a device, wider than its share; at 1024 two, the second
-  overlapping the first; at 256 six), and the brute force's."""
+  4096 block and of a 256 one, bit for bit (3,000 anchors on 2 devices: at
+  4096 one device holds them all, in one product of 4096 with its padding;
+  at 1024 one product of 1,500 a device; at 256 two of 750), and the brute
+  force's."""
   rng = np.random.default_rng(3)
   queries, anchors = _unit(rng.standard_normal((40, 48))), _unit(rng.standard_normal((3000, 48)))
   runs = {}

@@ -2,24 +2,28 @@
 
 On a CPU mesh the devices' memory is the host's, and the search's dots are
 the host's to run: NumPy's matmul (its BLAS: OpenBLAS in the PyPI wheels)
-runs ASIF's [1024, 768] x [768, 1024] products at 250-270 GFLOP/s on 2
-cores of an AVX-512 Xeon, against 175-220 for XLA:CPU's dots of the same
-shape (2026-12-06); and a search with the host top-k then compiles no
+runs ASIF's products ([1000, 768] x [768, 5000], one per thread) at
+300-330 GFLOP/s on 2 cores of an AVX-512 Xeon (2026-12-07), against
+175-220 for XLA:CPU's dots of [1024, 768] x [768, 1024]; and a search with the host top-k then compiles no
 program when every device is this host's. The host top-k (host_topk.py)
 reads the blocks in place.
 
-Bits. Every similarity comes from one product of the same shape, the query
-chunk's [Qc, d] rows x a window of `block` anchors [d, block], whatever the
-sharding, the streaming or the offset: a device's last window starts at
-L - block and recomputes part of the one before. A BLAS gives a column the
-same bits wherever it sits in a product of a given shape (OpenBLAS: tested
-for shapes from [8, 8] x [8, 8] to [1024, 768] x [768, 1024], with 1 and 2
-threads), so sharded, streamed, incremental and multi-host
-searches are bit-identical, as the tests check (a BLAS that does not
-promise it, e.g. MKL without MKL_CBWR set, may differ in last bits between
-them). They differ from XLA's dots
-(top_k="xla") in the last bits of some similarities: each path is exact
-and deterministic, with its own rounding of the dot products.
+Bits. Every similarity comes from one product [Qc, d] x [d, w] of the
+query chunk's rows and w >= `block` consecutive anchors of its device: each
+device's own anchors, cut into about equal runs, two per core (no column
+computed twice; the fixed windows of 1024 before, the last one overlapping
+the one before, took 0.162-0.167 s for the dots of 20k anchors x 1k
+queries against 0.142-0.144 s). A BLAS past its small-matrix kernels
+gives a column the same bits whatever the product's rows, width or the
+column's place in it (OpenBLAS 0.3.31 on AVX-512, tested: d from 3 to 768,
+128 to 1024 rows, 10 to 12,000 columns; under about 1,200 rows x columns,
+with d >= 32, it takes other kernels, which CPU's default block of 1024
+keeps far off), so sharded, streamed, incremental and multi-host searches
+are bit-identical, as the tests check (a BLAS that does not promise it,
+e.g. MKL without MKL_CBWR set, may differ in last bits between them). They
+differ from XLA's dots (top_k="xla") in the last bits of some
+similarities: each path is exact and deterministic, with its own rounding
+of the dot products.
 """
 
 from __future__ import annotations
@@ -39,12 +43,13 @@ def chunk_blocks(queries: np.ndarray, chunk, block: int, buffers: dict,
 
   Each of this host's anchor devices j gets [Qc, L] similarities to its L
   rows, computed here, at -inf outside its own anchors [offset + j L, end)
-  (as the search program masks them), in windows of `block` anchors.
+  (as the search program masks them), in products of at least `block`
+  anchors (`_pieces`).
 
   Args:
     queries: [Qc, d] float32, C-contiguous (the padded query chunk).
     chunk: a relative.AnchorChunk on a CPU mesh.
-    block: anchors per product.
+    block: fewest anchors per product (a device has at least that many rows).
     buffers: holds the output array, reused where it has the columns and at
       least the rows: by every query chunk of a search, and by the
       relative.Searcher's next search (no fresh pages to fault in: 5-8% of
@@ -66,7 +71,7 @@ def chunk_blocks(queries: np.ndarray, chunk, block: int, buffers: dict,
   if out is None or out.shape[1] != len(shards) * local or out.shape[0] < rows:
     out = buffers["sims"] = np.empty((rows, len(shards) * local), np.float32)
   out = out[:rows]  # the first rows of a C array: the same layout
-  sims, windows, masks = {}, [], []
+  sims, ranges, masks = {}, [], []
   for n, j in enumerate(sorted(shards)):
     start = int(chunk.starts[j])
     skip = chunk.offset + j * local - start  # rows before the device's own
@@ -75,17 +80,17 @@ def chunk_blocks(queries: np.ndarray, chunk, block: int, buffers: dict,
     masks.append((mine, skip, own_end))
     if own_end > skip:  # a device of padding only has nothing to compute
       anchors = np.asarray(shards[j].data)  # the device buffer itself
-      windows += [(anchors, mine, min(i * block, local - block))
-                  for i in range(skip // block, -(-own_end // block))]
+      ranges.append((anchors, mine, skip, own_end))
 
-  def run(task):
-    for anchors, sims_j, at in task:
-      np.matmul(queries, anchors[at:at + block].T, out=sims_j[:, at:at + block])
+  def run(piece):
+    anchors, sims_j, lo, hi = piece
+    np.matmul(queries, anchors[lo:hi].T, out=sims_j[:, lo:hi])
 
   with _one_blas_thread():
-    list(host_topk.pool().map(run, _runs(windows, block)))
+    list(host_topk.pool().map(run, _pieces(ranges, block)))
   for mine, skip, own_end in masks:
-    # Other anchors the windows cover, as the search program masks them.
+    # Other anchors (a device's rows before its own, past the chunk's end),
+    # as the search program masks them; a widened piece computed some.
     mine[:, :skip] = -np.inf
     mine[:, own_end:] = -np.inf
   if positions is None:
@@ -111,23 +116,36 @@ def step_rows(n: int, most: int, multiple: int) -> int:
   return min(most, -(-rows // multiple) * multiple)
 
 
-def _runs(windows: list, block: int, parts: int = 0) -> list[list]:
-  """The windows in `parts` runs (0: two per core) of about equal work, one
-  pool task each (runs of 4 windows were 15-20% slower: 5 runs on 2 cores). A
-  device's last window overlaps the one before it when L is not a multiple
-  of the block: the two stay in one run, so no two threads write the same
-  columns."""
+def _pieces(ranges: list, block: int, parts: int = 0) -> list[tuple]:
+  """The products of a query chunk: each device's own columns [lo, hi),
+  cut into about equal pieces of about 1/`parts` (0: two per core) of all
+  the columns, none narrower than `block`; one pool task each.
+
+  One, two and four per core ran alike at 20k anchors x 1k queries on 2
+  cores (0.208-0.210 s for both searches); two, so that a device with
+  fewer own columns (at a chunk's end) leaves no core idle for long. A
+  device with fewer than `block` own columns gets one piece of `block`
+  columns over its masked rows (it has at least that many); no column is
+  in two pieces, so no two threads write one.
+
+  Args:
+    ranges: (anchors [L, d], sims_j [rows, L], lo, hi) per device.
+  Returns:
+    (anchors, sims_j, first column, end column) per piece.
+  """
   parts = parts or 2 * host_topk.host_cores()
-  cuts = set()
-  for n in range(1, parts):
-    cut = round(n * len(windows) / parts)
-    if 0 < cut < len(windows):
-      prev, nxt = windows[cut - 1], windows[cut]
-      if nxt[1] is prev[1] and nxt[2] < prev[2] + block:  # would split an overlap
-        cut += 1
-      cuts.add(cut)
-  bounds = [0, *sorted(c for c in cuts if c < len(windows)), len(windows)]
-  return [windows[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+  target = sum(hi - lo for _, _, lo, hi in ranges) / parts
+  pieces = []
+  for anchors, sims_j, lo, hi in ranges:
+    width = hi - lo
+    if width < block:
+      lo = min(lo, anchors.shape[0] - block)
+      pieces.append((anchors, sims_j, lo, lo + block))
+      continue
+    m = max(1, min(round(width / target), width // block))
+    cuts = [lo + i * width // m for i in range(m + 1)]
+    pieces += [(anchors, sims_j, a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+  return pieces
 
 
 @functools.lru_cache(maxsize=None)

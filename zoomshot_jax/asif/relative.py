@@ -26,9 +26,9 @@ Per query chunk, two jitted shard_map programs (search_programs.py):
      starts at L - block — so every similarity has the
      same bits in sharded, streamed, incremental and unsharded runs), and
      takes its local top-min(k, L) with `lax.top_k`. On CPU devices
-     (top_k="host") each host does this step itself instead: its BLAS runs
-     the same blocks of every local anchor device on all its cores
-     (host_dots.py: 20-40% faster than XLA:CPU's dots, and no program to
+     (top_k="host") each host does this step itself instead: its BLAS
+     computes every local anchor device's similarities on all its cores
+     (host_dots.py: products of at least `block` anchors, no program to
      compile), and it takes their top-k there too (host_topk.py: the same
      result as `lax.top_k`, bit for bit; XLA:CPU's top_k runs on one thread);
   2. an all_to_all over the anchor axis hands each device 1/A of its query
@@ -161,14 +161,13 @@ def aligned(x) -> np.ndarray:
 def default_block(platform: str) -> int:
   """Anchors per similarity dot when the config leaves it at 0.
 
-  On CPU 1024: XLA:CPU's dots run as fast on [rows, d] x [d, 1024] as on
-  wider blocks (measured 512 to 8192), and a narrow block wastes less on a
-  device's last, overlapping block (at 20k anchors on 2 devices, 4096 made
-  23% of the dot's columns recomputed ones: 0.13 s against 0.105 s). On
-  accelerators 4096: fewer, larger dots per loop step (not measured here).
-  On XLA:CPU a similarity's bits do not depend on the block (512 to 8192
-  gave the same, tested); elsewhere they may, and one block per search
-  keeps sharded, streamed and incremental searches bit-identical.
+  On CPU 1024: XLA:CPU's dots (top_k="xla") run as fast on [rows, d] x
+  [d, 1024] as on wider blocks (512 to 8192), and a narrow block recomputes
+  less of a device's last, overlapping one (20k anchors, 2 devices, 4096:
+  23% of the columns, 0.13 s against 0.105 s); the host dots' narrowest
+  product, far past OpenBLAS's small kernels. On accelerators 4096: fewer,
+  larger dots per step (not measured here). The block may change a
+  similarity's bits (not XLA:CPU's, 512 to 8192): one per search keeps them.
   """
   return 1024 if platform == "cpu" else 4096
 
@@ -184,8 +183,9 @@ class Searcher:
       Peak memory per device is about query_chunk / Q x L x 4 bytes; on CPU
       devices (host dots) steps are as equal as the rows allow, and the
       Searcher keeps that buffer for its next search (host_dots.py).
-    block: anchors per similarity dot (a device holds at least one block);
-      0 = `default_block(platform)`: 1024 on CPU devices, 4096 elsewhere.
+    block: anchors per similarity dot (a device holds at least one block;
+      on CPU devices the fewest per dot, host_dots.py); 0 =
+      `default_block(platform)`: 1024 on CPU devices, 4096 elsewhere.
     top_k: where each device's top-k is taken: "xla" (`lax.top_k` in the
       program), "host" (`exact_top_k` on the host's cores; on CPU devices
       the host's BLAS computes the similarities too) or "auto": host on
