@@ -72,7 +72,9 @@ def top_k_of_parts(parts: list, k: int, stride: int = 16) -> tuple[np.ndarray, n
   want = -(-3 * k // (2 * stride)) + 4
   if k >= n or n // stride < 4 * want:
     return _concatenated_top_k(parts, k, np.arange(r))
-  sample = np.concatenate([v[:, ::stride] for v, _ in parts], axis=1)
+  sample = [v[:, ::stride] for v, _ in parts]
+  # One part (parts side by side are one): the partition's copy is the only one.
+  sample = sample[0] if len(sample) == 1 else np.concatenate(sample, axis=1)
   m = sample.shape[1]
   thr = np.partition(sample, m - want, axis=1)[:, m - want:m - want + 1]
   flats = [_flat_at_or_above(v, thr) for v, _ in parts]  # row-major: columns ascend in a row
@@ -86,6 +88,9 @@ def top_k_of_parts(parts: list, k: int, stride: int = 16) -> tuple[np.ndarray, n
   fast_count = np.where(slow, 0, count)
   width = max(int(fast_count.max()), k)
   keys = np.full((r, width), _FILL, np.uint64)
+  # Every kept value above a positive threshold is positive (the usual case:
+  # the top few percent of cosine similarities): a shorter map to keys.
+  positive = bool(thr[~slow].min(initial=np.inf) > 0)
   before = np.zeros(r, np.int64)  # a row's kept entries of the parts before this one
   row_start = np.arange(r, dtype=np.int64) * width
   for flat, part_count, (v, index) in zip(flats, counts, parts):
@@ -93,18 +98,21 @@ def top_k_of_parts(parts: list, k: int, stride: int = 16) -> tuple[np.ndarray, n
     if slow.any():
       flat = flat[~slow[flat // n_j]]
       part_count = np.where(slow, 0, part_count)
+    if np.isscalar(index):  # the entry's index: its column plus the part's first
+      index = np.repeat(np.arange(r, dtype=np.int64) * n_j - index, part_count)
+      np.subtract(flat, index, out=index)
+    else:
+      index = np.asarray(index).reshape(-1)[flat]
     # Each kept entry's place in the flat [r, width] keys: its row's start
     # plus the row's entries of earlier parts plus its rank in this part's
     # (one repeat per row, not a division and two gathers per entry).
     first = np.cumsum(part_count) - part_count
-    dest = np.arange(flat.size) + np.repeat(row_start + before - first, part_count)
-    keys.reshape(-1)[dest] = _keys(
-        _values_at(v, flat, part_count),
-        flat - np.repeat(np.arange(r, dtype=np.int64) * n_j - index, part_count)
-        if np.isscalar(index) else np.asarray(index).reshape(-1)[flat])
+    dest = np.repeat(row_start + before - first, part_count)
+    dest += np.arange(flat.size)
+    keys.reshape(-1)[dest] = _keys(_values_at(v, flat, part_count), index, positive)
     before += part_count
   # The fill (after every real key) never beats a fast row's k kept.
-  vals, idx = _smallest_keys(keys, k)
+  vals, idx = _smallest_keys(keys, k, positive)
   slow = np.flatnonzero(slow)
   if slow.size:
     vals[slow], idx[slow] = _concatenated_top_k(parts, k, slow)
@@ -167,25 +175,38 @@ def _concatenated_top_k(parts: list, k: int, rows: np.ndarray):
 _FILL = np.uint64(0xFF800000_FFFFFFFF)  # (-inf, -1): after every real entry
 
 
-def _keys(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+def _keys(values: np.ndarray, index: np.ndarray, positive: bool = False) -> np.ndarray:
   """float32 values and their int indices -> uint64 keys, ascending in
-  (value desc, index asc)."""
+  (value desc, index asc). `positive`: every value is > 0."""
   bits = np.ascontiguousarray(values, np.float32).view(np.uint32)
-  # Non-negative floats: flip the 31 bits below the sign (larger -> smaller);
-  # negative ones: keep the bits (with the sign set, more negative -> larger).
-  bits = bits ^ (((bits >> 31) - np.uint32(1)) & np.uint32(0x7FFFFFFF))
-  return (bits.astype(np.uint64) << np.uint64(32)) | (
-      np.asarray(index).astype(np.uint32).astype(np.uint64))
+  if positive:  # the sign bit is clear: flipping the 31 below it is the map
+    keys = (bits ^ np.uint32(0x7FFFFFFF)).astype(np.uint64)
+  else:
+    # Non-negative floats: flip the 31 bits below the sign (larger ->
+    # smaller); negative ones: keep the bits (with the sign set, more
+    # negative -> larger).
+    keys = (bits ^ (((bits >> 31) - np.uint32(1)) & np.uint32(0x7FFFFFFF))).astype(np.uint64)
+  # In place: at 1,300 kept a row, a fresh temporary per step cost more in
+  # page faults than its arithmetic (glibc's defaults; 3x the time).
+  keys <<= np.uint64(32)
+  index = np.asarray(index)
+  keys |= (index.view(np.uint64) if index.dtype == np.int64  # (>= 0 then)
+           else index.astype(np.uint32).astype(np.uint64))
+  return keys
 
 
-def _smallest_keys(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _smallest_keys(keys: np.ndarray, k: int,
+                   positive: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """Each row's k smallest keys, sorted, decoded: (values [r, k] float32,
-  indices [r, k] int32)."""
+  indices [r, k] int32). `positive`: the rows' k smallest are of values > 0."""
   if keys.shape[1] > k:
     keys = np.partition(keys, k - 1, axis=1)[:, :k]
   keys = np.sort(keys, axis=1)
   bits = (keys >> np.uint64(32)).astype(np.uint32)
-  bits ^= ((bits >> 31) - np.uint32(1)) & np.uint32(0x7FFFFFFF)  # the map is its own inverse
+  if positive:
+    bits ^= np.uint32(0x7FFFFFFF)
+  else:
+    bits ^= ((bits >> 31) - np.uint32(1)) & np.uint32(0x7FFFFFFF)  # the map is its own inverse
   return bits.view(np.float32), keys.astype(np.uint32).view(np.int32)
 
 
