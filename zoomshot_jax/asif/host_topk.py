@@ -344,7 +344,8 @@ def _side_by_side(parts: list) -> list:
 
 def local_top_k(blocks: list[Block], rows: int, k: int, offset: int, end: int,
                 starts: np.ndarray, carry: tuple[np.ndarray, np.ndarray] | None = None,
-                real: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                real: int | None = None,
+                out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
   """A query chunk's global top-k, all on this host, when every device of
   the search mesh is this host's: per row slice (one task each over the
   host's cores), one exact selection over the running `carry` and every
@@ -356,6 +357,10 @@ def local_top_k(blocks: list[Block], rows: int, k: int, offset: int, end: int,
 
   Query rows from `real` on are padding: they get (-inf, -1), and the
   carry's rows there are not read.
+
+  `out`: (values, indices) [Qc, k] to write the rows into, e.g. rows of the
+  search's result, or the carry itself (a task has read its rows of the
+  carry before they are written); None: new arrays.
 
   Returns: (values [Qc, k] float32, indices [Qc, k] int32) on the host.
   """
@@ -381,8 +386,12 @@ def local_top_k(blocks: list[Block], rows: int, k: int, offset: int, end: int,
       parts.insert(0, (carry[0][r0 + lo:r0 + hi], carry[1][r0 + lo:r0 + hi]))
     return top_k_of_parts(parts, k)
 
-  vals = np.full((rows, k), -np.inf, np.float32)
-  idx = np.full((rows, k), -1, np.int32)
-  for (r0, _, lo, hi), (v, i) in zip(tasks, pool().map(run, tasks)):
+  vals, idx = out or (np.empty((rows, k), np.float32), np.empty((rows, k), np.int32))
+  done = pool().map(run, tasks)
+  covered = np.zeros(rows, bool)
+  for r0, _, lo, hi in tasks:
+    covered[r0 + lo:r0 + hi] = True
+  vals[~covered], idx[~covered] = -np.inf, -1
+  for (r0, _, lo, hi), (v, i) in zip(tasks, done):
     vals[r0 + lo:r0 + hi], idx[r0 + lo:r0 + hi] = v, i
   return vals, idx

@@ -21,16 +21,14 @@ axis.
 
 Per query chunk, two jitted shard_map programs (search_programs.py):
   1. each device computes its similarities in blocks of `block` anchors (one
-     dot of the same shape [rows, d] x [d, block] for every block, whatever
-     the sharding, the chunking or the offset — a device's last block
-     starts at L - block — so every similarity has the
-     same bits in sharded, streamed, incremental and unsharded runs), and
-     takes its local top-min(k, L) with `lax.top_k`. On CPU devices
-     (top_k="host") each host does this step itself instead: its BLAS
-     computes every local anchor device's similarities on all its cores
-     (host_dots.py: products of at least `block` anchors, no program to
-     compile), and it takes their top-k there too (host_topk.py: the same
-     result as `lax.top_k`, bit for bit; XLA:CPU's top_k runs on one thread);
+     dot shape [rows, d] x [d, block] whatever the sharding, chunking or
+     offset — a device's last block starts at L - block — so a similarity
+     has the same bits in sharded, streamed, incremental and unsharded
+     runs), and takes its local top-min(k, L) with `lax.top_k`. On CPU
+     devices (top_k="host") each host does this step itself: its BLAS
+     computes its devices' similarities on all its cores (host_dots.py, no
+     program to compile) and it takes their top-k (host_topk.py: the same
+     as `lax.top_k`, bit for bit; XLA:CPU's top_k runs on one thread);
   2. an all_to_all over the anchor axis hands each device 1/A of its query
      rows with all anchor-devices' candidates, in device order = anchor index
      order, and a second `lax.top_k` keeps the global top-k, row-sharded over
@@ -42,11 +40,10 @@ process), it also does program 2's merge and the running merge itself
 (`host_topk.local_top_k`, the same bits): no collective, no copy of the
 candidates back to the devices, and on CPU devices no program at all.
 
-Why a query axis: with `lax.top_k` (single-threaded on XLA:CPU) one device
-per core on the query axis (anchors replicated, when they fit) runs the
-top-k on every core; on accelerators and across hosts the anchor axis is
-what scales memory. (A CPU host with the host top-k uses all its cores
-whatever the mesh.)
+Why a query axis: with `lax.top_k` (one thread on XLA:CPU) a device per
+core on the query axis (anchors replicated, when they fit) uses every core;
+on accelerators and across hosts the anchor axis scales memory. (With the
+host top-k a CPU host uses all its cores whatever the mesh.)
 
 Ties. `lax.top_k` puts the lower position first among equal values; since
 candidate lists are always concatenated in ascending anchor order, every top-k
@@ -304,16 +301,17 @@ class Searcher:
     Returns:
       TopK over anchors [0, end of the last chunk), on every host.
     """
-    queries = np.asarray(queries, np.float32)
+    queries = np.ascontiguousarray(queries, np.float32)
     # On CPU devices the host runs the dots too (host_dots.py), in steps of
     # equal rows (no program to recompile); elsewhere the queries go to the devices.
     dots_here = self.top_k == "host" and self.on_cpu
     n, qc = queries.shape[0], self.query_chunk
     if dots_here:
       qc = host_dots.step_rows(n, qc, self.num_devices)
-    padded = np.zeros((_round_up(n, qc), queries.shape[1]), np.float32)
-    padded[:n] = queries
-    q_host = [padded[i:i + qc] for i in range(0, len(padded), qc)]
+    # Full steps are views of the queries; the last is a zero-padded copy.
+    q_host = [queries[i:i + qc] if i + qc <= n else np.pad(queries[i:], ((0, i + qc - n), (0, 0)))
+              for i in range(0, n, qc)]
+    rows = len(q_host) * qc
     q_dev = q_host if dots_here else [sharding.place(q, self.query_rows) for q in q_host]
     carry = [None] * len(q_dev)
     host = self.top_k == "host"
@@ -323,18 +321,19 @@ class Searcher:
       if start.k != self.k:
         raise UserError(f"stored top-k rows have k={start.k}, but k={self.k} was asked; "
                         "recompute them (delete the cache) or keep k.")
-      pad = len(padded) - n
-      vals = np.pad(start.sims, ((0, pad), (0, 0)), constant_values=-np.inf)
-      idx = np.pad(start.idx, ((0, pad), (0, 0)))
+      vals = np.pad(start.sims, ((0, rows - n), (0, 0)), constant_values=-np.inf)
+      idx = np.pad(start.idx, ((0, rows - n), (0, 0)))
       put = (lambda x: x) if on_host else (lambda x: sharding.place(x, self.rows))
-      carry = [(put(vals[i:i + qc]), put(idx[i:i + qc])) for i in range(0, len(padded), qc)]
+      carry = [(put(vals[i:i + qc]), put(idx[i:i + qc])) for i in range(0, rows, qc)]
       end = start.num_anchors
+    # On this host the steps write their rows into the result, in place.
+    out = None if not on_host else (vals, idx) if start is not None else (
+        np.empty((rows, self.k), np.float32), np.empty((rows, self.k), np.int32))
     # The host dots' outputs, for every step and the next search (taken
     # here: a concurrent search makes its own).
     buffers, self._buffers = self._buffers, {}
-    # This host's devices: (first query row, rows, anchor device), for the
-    # host dots' blocks when the collective merges them (query_chunk may
-    # have changed since __init__: the Asif class sets it per search).
+    # This host's devices: (first query row, rows, anchor device), for the host dots'
+    # blocks when the collective merges them (query_chunk: the Asif class sets it).
     group = qc // self.mesh.shape[QUERY_AXIS]
     positions = None if on_host else {
         d: (g * group, group, j) for (g, j), d in np.ndenumerate(self.mesh.devices)
@@ -363,7 +362,8 @@ class Searcher:
         real = min(qc, n - i * qc)
         if on_host:
           carry[i] = host_topk.local_top_k(blocks, qc, self.k, chunk.offset, chunk.end,
-                                           chunk.starts, carry[i], real)
+                                           chunk.starts, carry[i], real,
+                                           tuple(o[i * qc:(i + 1) * qc] for o in out))
           continue
         if host:
           res = host_topk.device_top_k(blocks, k_local, chunk.offset, chunk.end, chunk.starts,
@@ -380,9 +380,9 @@ class Searcher:
       raise UserError(f"k={self.k} is larger than the number of anchors ({end}); "
                       f"set --config.asif.k to at most {end} or add anchors.")
     self._buffers = buffers
-    fetch = np.asarray if on_host else sharding.fetch_global
-    sims = np.concatenate([fetch(c[0]) for c in carry])[:n]
-    idx = np.concatenate([fetch(c[1]) for c in carry])[:n]
+    if on_host:
+      return TopK(sims=out[0][:n], idx=out[1][:n], num_anchors=end)
+    sims, idx = (np.concatenate([sharding.fetch_global(c[j]) for c in carry])[:n] for j in (0, 1))
     return TopK(sims=sims, idx=idx, num_anchors=end)
 
 
