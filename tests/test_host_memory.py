@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests import procs
@@ -76,3 +77,33 @@ def test_a_users_own_malloc_settings_are_left_alone():
   assert said == "left as it is (GLIBC_TUNABLES sets glibc.malloc)"
   said = host_memory.keep_freed_memory({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"})
   assert said == "left as it is (LD_PRELOAD loads an allocator)"
+
+
+def _vm_flags(address: int) -> list[str]:
+  """The VmFlags of this process's mapping that holds `address`."""
+  inside = False
+  with open("/proc/self/smaps") as f:
+    for line in f:
+      head = line.split()[0]
+      if "-" in head and not head.endswith(":"):
+        lo, hi = (int(x, 16) for x in head.split("-"))
+        inside = lo <= address < hi
+      elif inside and head == "VmFlags:":
+        return line.split()[1:]
+  raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and smaps are Linux's")
+def test_empty_small_pages_asks_the_kernel_for_small_pages():
+  """The array's pages are marked no-huge-page ("nh" in smaps' VmFlags);
+  NumPy's own large arrays are marked for huge pages ("hg"), where NumPy
+  asks for them. The array is an ordinary writable one."""
+  ours = host_memory.empty_small_pages((64, 1 << 18))
+  assert ours.shape == (64, 1 << 18) and ours.dtype == np.float32 and ours.flags.writeable
+  ours[:] = 1.0
+  assert "nh" in _vm_flags(ours.ctypes.data + ours.nbytes // 2)
+  theirs = np.empty((64, 1 << 18), np.float32)
+  flags = _vm_flags(theirs.ctypes.data + theirs.nbytes // 2)
+  assert "nh" not in flags
+  if np._core.multiarray._get_madvise_hugepage():  # pylint: disable=protected-access
+    assert "hg" in flags
