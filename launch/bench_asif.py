@@ -26,7 +26,8 @@ measured matmul throughput (the best of a few large jnp.dot calls and, on a
 CPU, of NumPy's BLAS, measured in a subprocess of its own before and after)
 that our similarity stage
 reaches: its FLOPs 2·N·(Q·768 + P·384) over its wall time (dots, top-k and
-merges; the second pass where there is one).
+merges; the best of up to --similarity_passes second passes, as the peak is
+the best of its runs, and the first of them too).
 
   python launch/bench_asif.py                         # 200k x 10k, CPU
   python launch/bench_asif.py --anchors=20000 --queries=1000   # quick
@@ -80,6 +81,11 @@ flags.DEFINE_list("layouts", ["anchors", "queries"],
 flags.DEFINE_float("second_pass_below", 60.0,
                    "Ours: time a second pass (compilations reused) when the first took less "
                    "than this many seconds (above it, compiling is a small part).")
+flags.DEFINE_integer("similarity_passes", 3,
+                     "Ours: second passes whose best similarity stage is the reported fraction "
+                     "of the matmul peak (the peak is the best of its runs too); more than one "
+                     "only where a pass takes under 10 s. The 'second pass' column is the "
+                     "first of them.")
 define_torch_flags(flags)
 flags.adopt_module_key_flags(bench_util)   # in --help, as this script's own
 flags.DEFINE_integer("data_threads", 1,
@@ -267,6 +273,8 @@ def run_ours(d) -> dict:
   if times["total"] < FLAGS.second_pass_below:
     out["warm"] = pipeline()[0]
     times["warm total"] = out["warm"]["total"]
+    more = FLAGS.similarity_passes - 1 if out["warm"]["total"] < 10 else 0
+    out["warm_passes"] = [out["warm"]] + [pipeline()[0] for _ in range(more)]
   stats = jax.default_backend() != "cpu" and jax.devices()[0].memory_stats()
   if stats and "peak_bytes_in_use" in stats:
     out["peak_device_mib"] = stats["peak_bytes_in_use"] / 2 ** 20
@@ -433,13 +441,19 @@ def measure(n: int, q: int, deadline: float | None, save=lambda summary: None) -
   for name, ours in done.items():
     if name == "pytorch":
       continue
-    t = ours.get("warm", ours["times"])  # the steady state; the first pass compiles
-    sim_s = t["search images"] + t["search prompts"]
-    gflops = flops / sim_s / 1e9
-    ours["sim_peak_fraction"] = gflops / peak
+    # The steady state (the first pass compiles): the best of the second
+    # passes, as the peak is the best of its runs.
+    passes = ours.get("warm_passes", [ours["times"]])
+    gflops = [flops / (t["search images"] + t["search prompts"]) / 1e9 for t in passes]
+    best = int(np.argmax(gflops))
+    t = passes[best]
+    ours["sim_peak_fraction"] = gflops[best] / peak
+    ours["sim_peak_fraction_first_pass"] = gflops[0] / peak
     ours["score_share"] = t["score"] / t["total"]
-    line = (f"{name}: similarity stage {gflops:.1f} GFLOP/s = {gflops / peak:.1%} of the matmul "
-            f"peak{' (second pass)' if 'warm' in ours else ''}; scoring {t['score']:.2f}s = "
+    which = ("" if "warm" not in ours else " (second pass)" if len(passes) == 1 else
+             f" (best of {len(passes)} second passes; the first {gflops[0] / peak:.1%})")
+    line = (f"{name}: similarity stage {gflops[best]:.1f} GFLOP/s = {gflops[best] / peak:.1%} of "
+            f"the matmul peak{which}; scoring {t['score']:.2f}s = "
             f"{ours['score_share']:.1%} of the pipeline")
     if "top1" in ours:
       line += f"; top-1 on the synthetic classes {100 * ours['top1']:.1f}%"
@@ -467,7 +481,8 @@ def measure(n: int, q: int, deadline: float | None, save=lambda summary: None) -
 def sweep_table(sizes: list[dict]) -> str:
   """One markdown table: a row per (size, implementation)."""
   lines = ["| anchors | queries | run | wall s (new process) | vs PyTorch | with the compilation "
-           "cache | second pass | peak memory | vs PyTorch | similarity, % of matmul peak "
+           "cache | second pass | peak memory | vs PyTorch | similarity, % of matmul peak (best; "
+           "first second pass) "
            "| scoring share | predictions |",
            "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
   for sz in sizes:
@@ -491,7 +506,9 @@ def sweep_table(sizes: list[dict]) -> str:
           head + f" {t['total']:.2f} | {fmt('ratio', 'x{:.2f}')} | "
           f"{cell('cached total', 'cached_ratio')} | {cell('warm total', 'warm_ratio')} | "
           f"{r['peak_rss_mib'] / 1024:.1f} GB | {fmt('memory_ratio', 'x{:.2f}')} | "
-          f"{fmt('sim_peak_fraction', '{:.0%}')} | {fmt('score_share', '{:.0%}')} | {same} |")
+          f"{fmt('sim_peak_fraction', '{:.0%}')}"
+          f"{fmt('sim_peak_fraction_first_pass', ' ({:.0%})') if 'warm' in r else ''} | "
+          f"{fmt('score_share', '{:.0%}')} | {same} |")
   return "\n".join(lines)
 
 
