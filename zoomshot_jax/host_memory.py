@@ -53,15 +53,20 @@ USER_VARIABLES = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THR
 OPT_OUT = "ZOOMSHOT_KEEP_FREED_MEMORY"
 
 
-def _glibc():
+def _libc_with(symbol: str):
+  """This process's C library on Linux, if it has `symbol`; else None."""
   if not sys.platform.startswith("linux"):
     return None
   try:
     libc = ctypes.CDLL(None)
   except OSError:
     return None
+  return libc if hasattr(libc, symbol) else None
+
+
+def _glibc():
   # glibc only: musl, for one, has a mallopt that does nothing.
-  return libc if hasattr(libc, "gnu_get_libc_version") else None
+  return _libc_with("gnu_get_libc_version")
 
 
 def _users_choice(environ) -> str | None:
@@ -124,13 +129,7 @@ def empty_small_pages(shape, dtype=np.float32) -> np.ndarray:
 
 
 def _libc_madvise():
-  if not sys.platform.startswith("linux"):
-    return None
-  try:
-    libc = ctypes.CDLL(None)
-  except OSError:
-    return None
-  if not hasattr(libc, "madvise"):
-    return None
-  libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+  libc = _libc_with("madvise")
+  if libc is not None:
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
   return libc
