@@ -326,9 +326,9 @@ class Searcher:
       put = (lambda x: x) if on_host else (lambda x: sharding.place(x, self.rows))
       carry = [(put(vals[i:i + qc]), put(idx[i:i + qc])) for i in range(0, rows, qc)]
       end = start.num_anchors
-    # On this host the steps write their rows into the result, in place.
-    out = None if not on_host else (vals, idx) if start is not None else (
-        np.empty((rows, self.k), np.float32), np.empty((rows, self.k), np.int32))
+    elif on_host:
+      vals, idx = np.empty((rows, self.k), np.float32), np.empty((rows, self.k), np.int32)
+    out = (vals, idx) if on_host else None  # on this host the steps write the result in place
     # The host dots' outputs, for every step and the next search (taken
     # here: a concurrent search makes its own).
     buffers, self._buffers = self._buffers, {}
