@@ -4,9 +4,9 @@ On a CPU mesh the devices' memory is the host's, and the search's dots are
 the host's to run: NumPy's matmul (its BLAS: OpenBLAS in the PyPI wheels)
 runs ASIF's products ([1000, 768] x [768, 5000], one per thread) at
 300-330 GFLOP/s on 2 cores of an AVX-512 Xeon (2026-12-07), against
-175-220 for XLA:CPU's dots of [1024, 768] x [768, 1024]; and a search with the host top-k then compiles no
-program when every device is this host's. The host top-k (host_topk.py)
-reads the blocks in place.
+175-220 for XLA:CPU's dots of [1024, 768] x [768, 1024]; and a search
+with the host top-k then compiles no program when every device is this
+host's. The host top-k (host_topk.py) reads the blocks in place.
 
 Bits. Every similarity comes from one product [Qc, d] x [d, w] of the
 query chunk's rows and w >= `block` consecutive anchors of its device: each
@@ -102,8 +102,8 @@ def chunk_blocks(queries: np.ndarray, chunk, block: int, buffers: dict,
 
 
 # A buffer this large gets small pages (host_memory.empty_small_pages): 200k
-# anchors x 1k queries (800 MB), a new process's first image search 2.1 ->
-# 1.2 s on a 2-core VM, a second one 1.06 -> 1.17 s (fresh buffers) and
+# anchors x 1k queries (800 MB), a new process's first image search's dots
+# 2.1 -> 1.2 s on a 2-core VM, a second one 1.06 -> 1.17 s (fresh buffers) and
 # 0.51 -> 0.54 s (the kept one). At 50k (200 MB) the first 0.33-0.39 ->
 # 0.29-0.31 s, a second 0.26-0.27 -> 0.29-0.30; at 20k (80 MB) the first
 # 0.12 -> 0.13 s: huge pages there.
