@@ -175,17 +175,21 @@ def _concatenated_top_k(parts: list, k: int, rows: np.ndarray):
 _FILL = np.uint64(0xFF800000_FFFFFFFF)  # (-inf, -1): after every real entry
 
 
+def _flip(bits: np.ndarray, positive: bool, out: np.ndarray | None = None) -> np.ndarray:
+  """float32 bits (as uint32) -> their key's high word, larger floats to
+  smaller words; the map is its own inverse. Non-negative floats: flip the
+  31 bits below the sign; negative ones: keep the bits (with the sign set,
+  more negative -> larger). `positive`: every float is > 0, one XOR."""
+  mask = (np.uint32(0x7FFFFFFF) if positive
+          else ((bits >> 31) - np.uint32(1)) & np.uint32(0x7FFFFFFF))
+  return np.bitwise_xor(bits, mask, out=out)
+
+
 def _keys(values: np.ndarray, index: np.ndarray, positive: bool = False) -> np.ndarray:
   """float32 values and their int indices -> uint64 keys, ascending in
   (value desc, index asc). `positive`: every value is > 0."""
   bits = np.ascontiguousarray(values, np.float32).view(np.uint32)
-  if positive:  # the sign bit is clear: flipping the 31 below it is the map
-    keys = (bits ^ np.uint32(0x7FFFFFFF)).astype(np.uint64)
-  else:
-    # Non-negative floats: flip the 31 bits below the sign (larger ->
-    # smaller); negative ones: keep the bits (with the sign set, more
-    # negative -> larger).
-    keys = (bits ^ (((bits >> 31) - np.uint32(1)) & np.uint32(0x7FFFFFFF))).astype(np.uint64)
+  keys = _flip(bits, positive).astype(np.uint64)
   # In place: at 1,300 kept a row, a fresh temporary per step cost more in
   # page faults than its arithmetic (glibc's defaults; 3x the time).
   keys <<= np.uint64(32)
@@ -203,10 +207,7 @@ def _smallest_keys(keys: np.ndarray, k: int,
     keys = np.partition(keys, k - 1, axis=1)[:, :k]
   keys = np.sort(keys, axis=1)
   bits = (keys >> np.uint64(32)).astype(np.uint32)
-  if positive:
-    bits ^= np.uint32(0x7FFFFFFF)
-  else:
-    bits ^= ((bits >> 31) - np.uint32(1)) & np.uint32(0x7FFFFFFF)  # the map is its own inverse
+  _flip(bits, positive, out=bits)  # the map is its own inverse
   return bits.view(np.float32), keys.astype(np.uint32).view(np.int32)
 
 
