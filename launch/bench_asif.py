@@ -515,6 +515,9 @@ def sweep_table(sizes: list[dict]) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.similarity_passes < 1:
+    raise app.UsageError(f"--similarity_passes={FLAGS.similarity_passes}: give 1 or more "
+                         "(second passes to take the best similarity stage of).", exitcode=2)
   if FLAGS.impl:
     return child()
   deadline = time.monotonic() + FLAGS.time_limit if FLAGS.time_limit else None

@@ -8,6 +8,7 @@ benchmark runs; the scripts start in parallel (under 5 s in all).
 
 import os
 import subprocess
+import sys
 
 import procs
 
@@ -52,3 +53,15 @@ def test_device_check_help_and_syntax():
   out = subprocess.run(["bash", script, "--help"], check=True, capture_output=True,
                        text=True).stdout
   assert "--smoke" in out and "--out=" in out
+
+
+def test_bench_asif_refuses_no_similarity_passes():
+  """--similarity_passes under 1 is a usage error (status 2) naming the
+  flag, before any data is made or benchmark run."""
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "bench_asif.py"),
+                         "--similarity_passes=0"],
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                        text=True, timeout=60)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "--similarity_passes=0: give 1 or more" in proc.stdout + proc.stderr
+  assert "Traceback" not in proc.stderr and "ASIF pipeline" not in proc.stdout
