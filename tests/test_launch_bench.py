@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import procs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,13 +57,22 @@ def test_device_check_help_and_syntax():
   assert "--smoke" in out and "--out=" in out
 
 
-def test_bench_asif_refuses_no_similarity_passes():
-  """--similarity_passes under 1 is a usage error (status 2) naming the
-  flag, before any data is made or benchmark run."""
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "bench_asif.py"),
-                         "--similarity_passes=0"],
+@pytest.mark.parametrize("flags, message", [
+    (["--similarity_passes=0"], "--similarity_passes=0: give 1 or more"),
+    (["--anchors=0"], "--anchors=0: give 1 or more"),
+    (["--anchors=500"], "--k=800 is more than the 500 anchors"),
+    (["--sweep=20000x1000,20000x"], "--sweep: '20000x' is not a size NxQ"),
+    (["--sweep=20000x1000,500x1000"], "--k=800 is more than the 500 anchors"),
+    (["--layouts=anchors,rows"], "--layouts=anchors,rows: give one or both of anchors, queries"),
+    (["--anchor_chunk=-1"], "--anchor_chunk=-1: give 0 or more"),
+    (["extra"], "unexpected arguments"),
+])
+def test_bench_asif_refuses_bad_flags(flags, message):
+  """A flag that would make every run fail or mean nothing is a usage error
+  (status 2) naming it, before any data is made or benchmark run."""
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "bench_asif.py"), *flags],
                         env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
                         text=True, timeout=60)
   assert proc.returncode == 2, proc.stderr[-2000:]
-  assert "--similarity_passes=0: give 1 or more" in proc.stdout + proc.stderr
+  assert message in proc.stdout + proc.stderr
   assert "Traceback" not in proc.stderr and "ASIF pipeline" not in proc.stdout
