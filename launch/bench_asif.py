@@ -53,8 +53,8 @@ import time
 from absl import app, flags
 
 import bench_util  # launch/, beside this script
-from bench_util import (available_cores, define_torch_flags, have,  # launch/, beside this script
-                        torch_device, write_json)
+from bench_util import (available_cores, check_args,  # launch/, beside this script
+                        define_torch_flags, have, torch_device, usage_error, write_json)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -515,26 +515,17 @@ def sweep_table(sizes: list[dict]) -> str:
 _LAYOUTS = ("anchors", "queries")
 
 
-def checked_sizes() -> list[tuple[int, int]]:
+def checked_sizes(argv) -> list[tuple[int, int]]:
   """The sizes (N, Q) to run, after every flag that would make a run fail
-  or mean nothing is refused: app.UsageError (status 2) naming the flag,
-  before any data is made (a bad value would otherwise end in each
-  implementation's failure row, minutes later)."""
-  def usage(msg):
-    return app.UsageError(msg, exitcode=2)
-
-  for name, least in (("queries", 1), ("anchors", 1), ("classes", 1), ("templates", 1),
-                      ("dim_image", 1), ("dim_text", 1), ("k", 1), ("p", 1),
-                      ("query_chunk", 1), ("anchor_block", 0), ("anchor_chunk", 0),
-                      ("devices", 0), ("data_threads", 1), ("time_limit", 0),
-                      ("similarity_passes", 1)):
-    value = getattr(FLAGS, name)
-    if value < least:
-      raise usage(f"--{name}={value}: give {least} or more.")
-  if FLAGS.second_pass_below < 0:
-    raise usage(f"--second_pass_below={FLAGS.second_pass_below}: give 0 or more seconds.")
+  or mean nothing is refused (status 2, the flag named), before any data is
+  made: a bad value would otherwise end in each implementation's failure
+  row, minutes later."""
+  check_args(argv, FLAGS, queries=1, anchors=1, classes=1, templates=1, dim_image=1,
+             dim_text=1, k=1, p=1, query_chunk=1, anchor_block=0, anchor_chunk=0, devices=0,
+             data_threads=1, time_limit=0, similarity_passes=1, second_pass_below=0)
   if not FLAGS.layouts or set(FLAGS.layouts) - set(_LAYOUTS):
-    raise usage(f"--layouts={','.join(FLAGS.layouts)}: give one or both of {', '.join(_LAYOUTS)}.")
+    raise usage_error(f"--layouts={','.join(FLAGS.layouts)}: give one or both of "
+                      f"{', '.join(_LAYOUTS)}.")
   if not FLAGS.sweep:
     sizes = [(FLAGS.anchors, FLAGS.queries)]
   else:
@@ -542,22 +533,20 @@ def checked_sizes() -> list[tuple[int, int]]:
     for s in FLAGS.sweep:
       n, _, q = s.lower().partition("x")
       if not (n.isdigit() and q.isdigit() and int(n) > 0 and int(q) > 0):
-        raise usage(f"--sweep: {s!r} is not a size NxQ (anchors x queries, both positive "
-                    "integers, e.g. 20000x1000).")
+        raise usage_error(f"--sweep: {s!r} is not a size NxQ (anchors x queries, both "
+                          "positive integers, e.g. 20000x1000).")
       sizes.append((int(n), int(q)))
   for n, _ in sizes:
     if FLAGS.k > n:
-      raise usage(f"--k={FLAGS.k} is more than the {n:,} anchors of a run: give --k at most "
-                  "the anchors, or more anchors.")
+      raise usage_error(f"--k={FLAGS.k} is more than the {n:,} anchors of a run: give --k at "
+                        "most the anchors, or more anchors.")
   return sizes
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=2)
   if FLAGS.impl:
     return child()
-  sizes = checked_sizes()
+  sizes = checked_sizes(argv)
   deadline = time.monotonic() + FLAGS.time_limit if FLAGS.time_limit else None
   print(f"host: {available_cores()} usable cores; load average {os.getloadavg()[0]:.2f}",
         flush=True)

@@ -87,7 +87,8 @@ def make_batch(cfg, vocab: int):
 
 
 def main(argv):
-  del argv
+  bench_util.check_args(argv, FLAGS, image_size=1, text_length=1, num_answers=1,
+                        teacher_length=1, candidates=1, batch_size=1, steps=1)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top

@@ -36,7 +36,8 @@ import time
 
 from absl import app, flags
 
-from bench_util import available_cores, write_json  # launch/, beside this script
+from bench_util import (available_cores, check_args,  # launch/, beside this script
+                        usage_error, write_json)
 
 # `python launch/<script>.py` puts launch/ on the path, not the repo root.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -240,8 +241,10 @@ def report(name: str, times: list[float], batch: int, flops: float, peak: float 
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  check_args(argv, FLAGS, batch_size=1, steps=1, warmup=0, torch_threads=1, measure_peak_n=0)
+  if FLAGS.peak_tflops is not None and FLAGS.peak_tflops <= 0:
+    raise usage_error(f"--peak_tflops={FLAGS.peak_tflops}: give the device's peak, above 0 "
+                      "(or leave it out for the table of known devices).")
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 

@@ -150,7 +150,7 @@ def run_torch(images_u8) -> float:
 
 
 def main(argv):
-  del argv
+  bench_util.check_args(argv, FLAGS, image_size=1, batch_size=1, steps=1)
   import numpy as np  # pylint: disable=g-import-not-at-top
   images = np.random.default_rng(0).integers(
       0, 256, (FLAGS.batch_size, FLAGS.image_size, FLAGS.image_size, 3), dtype=np.uint8)

@@ -44,7 +44,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from bench_util import available_cores, stub_missing, write_json  # launch/, beside this script
+from bench_util import (available_cores, check_args, stub_missing,  # launch/, beside this script
+                        usage_error, write_json)  # launch/, beside this script
 from ml_collections import config_flags
 
 # `python launch/<script>.py` puts launch/ on the path, not the repo root.
@@ -339,14 +340,17 @@ def run_zoomshot(train, class_norm: float, mesh) -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  check_args(argv, FLAGS, n=1, heldout=1, vision_dim=1, clip_dim=1, rank=1, torch_threads=1,
+             classes=1, templates=1, zs_steps=1, zs_warmup=0, epoch_images=1,
+             epoch_extract_batch=1, epoch_batch=1)
+  if not 0 < FLAGS.target_r2 < 1:
+    raise usage_error(f"--target_r2={FLAGS.target_r2}: give an R² between 0 and 1 (exclusive).")
   unknown = set(FLAGS.parts) - set(_PARTS)
   if unknown:
-    raise app.UsageError(f"--parts: unknown {sorted(unknown)}; choose from {_PARTS}.")
+    raise usage_error(f"--parts: unknown {sorted(unknown)}; choose from {_PARTS}.")
   if "epoch" in FLAGS.parts and FLAGS.epoch_images < 2 * FLAGS.epoch_extract_batch:
-    raise app.UsageError(f"--epoch_images={FLAGS.epoch_images} must be at least twice "
-                         f"--epoch_extract_batch={FLAGS.epoch_extract_batch}.")
+    raise usage_error(f"--epoch_images={FLAGS.epoch_images} must be at least twice "
+                      f"--epoch_extract_batch={FLAGS.epoch_extract_batch}.")
   mesh = sharding.make_mesh([("data", -1)])
   for field, cfg in (("t2c_config", FLAGS.t2c_config), ("zs_config", FLAGS.zs_config)):
     # A multiple of the devices.

@@ -32,6 +32,26 @@ def define_torch_flags(flags) -> None:
                     "Where the PyTorch baseline runs; auto: cuda if torch sees a GPU.")
 
 
+def usage_error(message: str) -> Exception:
+  """A user's mistake on the command line, to raise: absl prints `message`
+  and the usage line, no traceback, and exits with status 2."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  return app.UsageError(message, exitcode=2)
+
+
+def check_args(argv, flag_values, **least) -> None:
+  """Refuses (usage_error) positional arguments, and each named flag below
+  its least value (unset ones, None, are the script's to fill): a run of no
+  steps or an empty batch would end in a traceback or print a rate of
+  nothing."""
+  if len(argv) > 1:
+    raise usage_error(f"unexpected arguments: {argv[1:]}")
+  for name, low in least.items():
+    value = flag_values[name].value
+    if value is not None and value < low:
+      raise usage_error(f"--{name}={value}: give {low} or more.")
+
+
 def torch_device(torch, flag: str):
   """(device, sync) for --torch_device `flag`: "auto" is cuda when torch sees
   a GPU; sync() waits for the device (a no-op on the CPU)."""

@@ -152,7 +152,8 @@ def run_torch(batch):
 
 
 def main(argv):
-  del argv
+  bench_util.check_args(argv, FLAGS, image_size=1, text_length=1, num_answers=1, batch_size=1,
+                        steps=1)
   batch = make_batch()
   cfg = student_config()
   out = {"preset": FLAGS.preset, "image_size": cfg.image_size, "text_length": FLAGS.text_length,
