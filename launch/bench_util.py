@@ -1,4 +1,4 @@
-"""Shared by the launch/bench_*.py scripts (run as `python launch/bench_*.py`)."""
+"""Shared by the launch/ scripts (run as `python launch/<script>.py`)."""
 
 import importlib.machinery
 import importlib.util

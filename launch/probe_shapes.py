@@ -26,6 +26,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from bench_util import check_args, usage_error  # launch/, beside this script
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 flags.DEFINE_enum("init", "vit", ["normal", "vit", "hf"], "Initialisation of the tower.")
@@ -53,7 +55,11 @@ def _images(n, offset):
 
 
 def main(argv):
-  del argv
+  check_args(argv, FLAGS, steps=1, eval_every=1, train_images=1, warmup_steps=0, patch_size=1)
+  if FLAGS.warmup_steps >= FLAGS.steps or not FLAGS.learning_rate > 0:
+    raise usage_error(f"--warmup_steps={FLAGS.warmup_steps}, --steps={FLAGS.steps}, "
+                      f"--learning_rate={FLAGS.learning_rate}: give fewer warm-up steps "
+                      "than steps and a learning rate above 0.")
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top

@@ -23,6 +23,8 @@ import time
 
 from absl import app, flags
 
+from bench_util import check_args  # launch/, beside this script
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +74,7 @@ def zeroshot_monitor(builders: dict, templates, batch_size: int = 512):
 
 
 def main(argv):
-  del argv
+  check_args(argv, FLAGS, clip_steps=1, vision_steps=1, eval_every=1)
   from zoomshot_jax import console, compile_cache  # pylint: disable=g-import-not-at-top
   workdir = FLAGS.workdir
   console.setup(workdir, FLAGS.verbose)

@@ -43,6 +43,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from bench_util import check_args  # launch/, beside this script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -222,7 +224,7 @@ def goals(runs: list[dict]) -> str:
 
 
 def main(argv):
-  del argv
+  check_args(argv, FLAGS, parallel=1)
   from zoomshot_jax import console  # pylint: disable=g-import-not-at-top
   # The world writer's TF/jax chatter goes to <root>/log.txt, as in the binary.
   console.setup(FLAGS.root)

@@ -76,13 +76,17 @@ BAD_FLAGS = [
     ("bench_distill.py", ["extra"], "unexpected arguments: ['extra']"),
     ("bench_vl.py", ["--batch_size=0"], "--batch_size=0: give 1 or more"),
     ("bench_clip_td.py", ["--candidates=0"], "--candidates=0: give 1 or more"),
+    ("train_demo_models.py", ["--workdir=/tmp/x", "--clip_steps=0"],
+     "--clip_steps=0: give 1 or more"),
+    ("probe_shapes.py", ["--steps=40", "--warmup_steps=50"], "give fewer warm-up steps"),
+    ("vl_baselines.py", ["--parallel=0"], "--parallel=0: give 1 or more"),
 ]
 
 
 def test_bench_scripts_refuse_bad_flags():
-  """A flag that would make a benchmark end in a traceback, time nothing or
-  mean nothing (an empty batch, no steps, a size under k, an unknown part)
-  is a usage error: status 2, the flag named, before any data is made or
+  """A flag that would make a benchmark or launcher end in a traceback, time
+  nothing or mean nothing (an empty batch, no steps, a size under k, an
+  unknown part) is a usage error: status 2, the flag named, before any data is made or
   benchmark run. The scripts start in parallel."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   running = [(name, flags, message,
