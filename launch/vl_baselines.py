@@ -43,7 +43,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from bench_util import check_args  # launch/, beside this script
+from bench_util import check_args, usage_error  # launch/, beside this script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -123,8 +123,8 @@ def _split_file(task: str, regime: str) -> list[str]:
     return []
   if task == "snli_ve":
     if not FLAGS.snli_ve_split_file:
-      raise app.UsageError("--regimes has shift and --tasks snli_ve: give --snli_ve_split_file "
-                           "({\"train\": [ids], \"test\": [ids]}).")
+      raise usage_error("--regimes has shift and --tasks snli_ve: give --snli_ve_split_file "
+                        "({\"train\": [ids], \"test\": [ids]}).")
     return [f"--config.data.split_file={FLAGS.snli_ve_split_file}"]
   return [f"--config.data.split_file={os.path.join(FLAGS.root, 'vcr_held_out_movies.json')}"]
 
@@ -239,7 +239,7 @@ def main(argv):
     dirs = dict(d.split("=", 1) for d in FLAGS.dirs)
     missing = [t for t in FLAGS.tasks if t not in dirs]
     if missing:
-      raise app.UsageError(f"--data=real: --dirs has no folder for {missing} (task=folder).")
+      raise usage_error(f"--data=real: --dirs has no folder for {missing} (task=folder).")
     if "vcr" in FLAGS.tasks and "shift" in FLAGS.regimes:
       _write_vcr_split(dirs["vcr"])
   jobs = [(t, r, s, m) for s in FLAGS.seeds for m in FLAGS.methods for t in FLAGS.tasks

@@ -37,6 +37,8 @@ import sys
 import tensorflow as tf
 from absl import app, flags
 
+from bench_util import usage_error  # launch/, beside this script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # `python launch/<script>.py` puts launch/ on the path, not the repo root.
 sys.path.insert(0, ROOT)
@@ -82,7 +84,7 @@ def grid(visions, clips, regimes, methods, solvers) -> list[GridRun]:
                              ("t2c_solvers", solvers, t2c.SOLVERS)):
     unknown = [w for w in words if w not in table]
     if unknown:
-      raise app.UsageError(f"--{flag}: unknown {unknown}; known: {sorted(table)}.")
+      raise usage_error(f"--{flag}: unknown {unknown}; known: {sorted(table)}.")
   runs = []
   for clip in clips:
     for vision in visions:
@@ -252,9 +254,9 @@ def main(argv):
   overrides = argv[1:]
   bad = [a for a in overrides if not a.startswith("--config.")]
   if bad:
-    raise app.UsageError(f"only --config.FIELD=VALUE overrides may follow '--'; got {bad}.")
+    raise usage_error(f"only --config.FIELD=VALUE overrides may follow '--'; got {bad}.")
   if FLAGS.tpu and not (FLAGS.zone and FLAGS.accelerator):
-    raise app.UsageError("--tpu needs --zone and --accelerator.")
+    raise usage_error("--tpu needs --zone and --accelerator.")
   root = FLAGS.root if "://" in FLAGS.root else os.path.abspath(FLAGS.root)
   runs = grid(FLAGS.vision, FLAGS.clips, FLAGS.regimes, FLAGS.methods, FLAGS.t2c_solvers)
   if FLAGS.collect_only and not any(FLAGS[f].present for f in _GRID_FLAGS):

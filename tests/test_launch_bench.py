@@ -80,6 +80,7 @@ BAD_FLAGS = [
      "--clip_steps=0: give 1 or more"),
     ("probe_shapes.py", ["--steps=40", "--warmup_steps=50"], "give fewer warm-up steps"),
     ("vl_baselines.py", ["--parallel=0"], "--parallel=0: give 1 or more"),
+    ("zoomshot_grid.py", ["--vision=nope", "--root=/tmp/x"], "--vision: unknown ['nope']"),
 ]
 
 

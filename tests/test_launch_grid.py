@@ -10,9 +10,12 @@ B32 = "openai/clip-vit-base-patch32"
 
 
 def _load_grid():
-  # launch/ is not a package; load the script once (it defines absl flags).
+  # launch/ is not a package; load the script once (it defines absl flags),
+  # with launch/ on the path as `python launch/zoomshot_grid.py` has it.
   name = "zoomshot_grid_under_test"
   if name not in sys.modules:
+    if os.path.join(ROOT, "launch") not in sys.path:
+      sys.path.insert(0, os.path.join(ROOT, "launch"))
     spec = importlib.util.spec_from_file_location(
         name, os.path.join(ROOT, "launch", "zoomshot_grid.py"))
     sys.modules[name] = importlib.util.module_from_spec(spec)
