@@ -45,7 +45,7 @@ import numpy as np
 from absl import app, flags
 
 from bench_util import (available_cores, check_args, stub_missing,  # launch/, beside this script
-                        usage_error, write_json)  # launch/, beside this script
+                        usage_error, write_json)
 from ml_collections import config_flags
 
 # `python launch/<script>.py` puts launch/ on the path, not the repo root.

@@ -56,10 +56,11 @@ def _images(n, offset):
 
 def main(argv):
   check_args(argv, FLAGS, steps=1, eval_every=1, train_images=1, warmup_steps=0, patch_size=1)
-  if FLAGS.warmup_steps >= FLAGS.steps or not FLAGS.learning_rate > 0:
-    raise usage_error(f"--warmup_steps={FLAGS.warmup_steps}, --steps={FLAGS.steps}, "
-                      f"--learning_rate={FLAGS.learning_rate}: give fewer warm-up steps "
-                      "than steps and a learning rate above 0.")
+  if FLAGS.warmup_steps >= FLAGS.steps:
+    raise usage_error(f"--warmup_steps={FLAGS.warmup_steps}: give fewer warm-up steps than "
+                      f"--steps={FLAGS.steps}.")
+  if not FLAGS.learning_rate > 0:
+    raise usage_error(f"--learning_rate={FLAGS.learning_rate}: give a learning rate above 0.")
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top

@@ -78,7 +78,9 @@ BAD_FLAGS = [
     ("bench_clip_td.py", ["--candidates=0"], "--candidates=0: give 1 or more"),
     ("train_demo_models.py", ["--workdir=/tmp/x", "--clip_steps=0"],
      "--clip_steps=0: give 1 or more"),
-    ("probe_shapes.py", ["--steps=40", "--warmup_steps=50"], "give fewer warm-up steps"),
+    ("probe_shapes.py", ["--steps=40", "--warmup_steps=50"],
+     "--warmup_steps=50: give fewer warm-up steps than --steps=40"),
+    ("probe_shapes.py", ["--learning_rate=0"], "--learning_rate=0.0: give a learning rate above 0"),
     ("vl_baselines.py", ["--parallel=0"], "--parallel=0: give 1 or more"),
     ("zoomshot_grid.py", ["--vision=nope", "--root=/tmp/x"], "--vision: unknown ['nope']"),
 ]
@@ -87,8 +89,8 @@ BAD_FLAGS = [
 def test_bench_scripts_refuse_bad_flags():
   """A flag that would make a benchmark or launcher end in a traceback, time
   nothing or mean nothing (an empty batch, no steps, a size under k, an
-  unknown part) is a usage error: status 2, the flag named, before any data is made or
-  benchmark run. The scripts start in parallel."""
+  unknown part) is a usage error: status 2, the flag named, before any data
+  is made or benchmark run. The scripts start in parallel."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   running = [(name, flags, message,
               procs.popen([os.path.join(ROOT, "launch", name), *flags], env))
